@@ -1,0 +1,63 @@
+#pragma once
+// Reader and writer for the safetensors format (https://github.com/huggingface/safetensors):
+// 8-byte little-endian header length, a JSON header, then the tensor data area.
+// The reader memory-maps the file and validates everything the format specifies before any
+// tensor is touched; every violation throws SafetensorsError naming the file (and tensor).
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+namespace ldcp::io {
+
+class SafetensorsError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+using TensorMap = std::map<std::string, at::Tensor>;
+using Metadata = std::map<std::string, std::string>;
+
+struct TensorInfo {
+  std::string dtype;  // as written in the header: "F32", "F16", "BF16", ...
+  std::vector<int64_t> shape;
+  uint64_t begin = 0;  // byte offsets into the data area
+  uint64_t end = 0;
+};
+
+// A validated, memory-mapped safetensors file.
+class SafetensorsFile {
+ public:
+  explicit SafetensorsFile(const std::filesystem::path& path);
+  ~SafetensorsFile();
+  SafetensorsFile(SafetensorsFile&&) noexcept;
+  SafetensorsFile& operator=(SafetensorsFile&&) noexcept;
+
+  const std::filesystem::path& path() const;
+  std::vector<std::string> names() const;  // sorted
+  bool contains(const std::string& name) const;
+  const TensorInfo& info(const std::string& name) const;  // throws naming file and tensor
+  const Metadata& metadata() const;                       // the "__metadata__" entry
+  // A CPU tensor owning a copy of the bytes (so it outlives the mapping).
+  at::Tensor tensor(const std::string& name) const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// Loads every tensor of a file (copies in CPU memory).
+TensorMap load_safetensors(const std::filesystem::path& path, Metadata* metadata = nullptr);
+
+// Writes tensors (any device; stored contiguous, in their dtype) and optional metadata.
+// Writes to a temporary file and renames it, so a crash never leaves a truncated file.
+void save_safetensors(const std::filesystem::path& path, const TensorMap& tensors,
+                      const Metadata& metadata = {});
+
+}  // namespace ldcp::io

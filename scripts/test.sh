@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs every test: set-up (idempotent), build, then CTest. Arguments go to ctest
+# (e.g. -R unet, -L parity, -E sd15).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --test
+scripts/build.sh
+cd "${LDCP_BUILD_DIR:-build}"
+ctest --output-on-failure --parallel "${LDCP_JOBS:-2}" "$@"
