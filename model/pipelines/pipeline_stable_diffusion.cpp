@@ -1,1 +1,212 @@
-// placeholder: filled by its owner
+#include "model/pipelines/pipeline_stable_diffusion.h"
+
+#include <cmath>
+#include <stdexcept>
+
+#include <torch/torch.h>
+
+#include "model/clip/modeling_clip.h"
+#include "model/clip/tokenization_clip.h"
+#include "model/io/model_folder.h"
+#include "model/models/autoencoders/autoencoder_kl.h"
+#include "model/models/unets/unet_2d_condition.h"
+#include "model/schedulers/scheduler.h"
+
+namespace ldcp::pipelines {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+void require(bool condition, const std::string& message) {
+  if (!condition) throw std::invalid_argument(message);
+}
+
+// diffusers' rescale_noise_cfg (Lin et al. 2023, section 3.4): rescales the guided noise to
+// the standard deviation of the text-conditioned one, mixed by `factor`.
+at::Tensor rescale_noise_cfg(const at::Tensor& noise_cfg, const at::Tensor& noise_text,
+                             double factor) {
+  std::vector<int64_t> dims;
+  for (int64_t d = 1; d < noise_text.dim(); ++d) dims.push_back(d);
+  auto std_text = noise_text.std(dims, /*unbiased=*/true, /*keepdim=*/true);
+  auto std_cfg = noise_cfg.std(dims, /*unbiased=*/true, /*keepdim=*/true);
+  auto rescaled = noise_cfg * (std_text / std_cfg);
+  return factor * rescaled + (1.0 - factor) * noise_cfg;
+}
+
+}  // namespace
+
+struct StableDiffusionPipeline::Parts {
+  std::filesystem::path model_dir;
+  PipelineOptions options;
+  io::ModelFolder folder;
+  std::unique_ptr<clip::ClipTokenizer> tokenizer;
+  clip::ClipTextModel text_encoder{nullptr};
+  models::UNet2DConditionModel unet{nullptr};
+  models::AutoencoderKL vae{nullptr};
+  nlohmann::json scheduler_config;
+};
+
+StableDiffusionPipeline::StableDiffusionPipeline(std::unique_ptr<Parts> parts)
+    : parts_(std::move(parts)) {}
+StableDiffusionPipeline::~StableDiffusionPipeline() = default;
+
+std::unique_ptr<StableDiffusionPipeline> StableDiffusionPipeline::load(
+    const std::filesystem::path& model_dir, const PipelineOptions& options) {
+  if (options.dtype != torch::kFloat && options.dtype != torch::kHalf &&
+      options.dtype != torch::kBFloat16) {
+    throw std::invalid_argument("dtype must be float32, float16 or bfloat16");
+  }
+  auto parts = std::make_unique<Parts>();
+  parts->model_dir = model_dir;
+  parts->options = options;
+  parts->folder = io::ModelFolder::open(model_dir);
+  parts->tokenizer =
+      std::make_unique<clip::ClipTokenizer>(clip::ClipTokenizer::from_folder(parts->folder.tokenizer));
+  parts->text_encoder = clip::load_clip_text_model(parts->folder.text_encoder);
+  parts->unet = models::load_unet(parts->folder.unet);
+  parts->vae = models::load_vae(parts->folder.vae);
+  parts->scheduler_config = parts->folder.scheduler_config();
+  for (torch::nn::Module* module :
+       {static_cast<torch::nn::Module*>(parts->text_encoder.get()),
+        static_cast<torch::nn::Module*>(parts->unet.get()),
+        static_cast<torch::nn::Module*>(parts->vae.get())}) {
+    module->eval();
+    module->to(options.device, options.dtype);
+  }
+  return std::unique_ptr<StableDiffusionPipeline>(new StableDiffusionPipeline(std::move(parts)));
+}
+
+int64_t StableDiffusionPipeline::vae_scale_factor() const {
+  return int64_t{1} << (parts_->vae->config().block_out_channels.size() - 1);
+}
+
+int64_t StableDiffusionPipeline::native_resolution() const {
+  return parts_->unet->config().sample_size * vae_scale_factor();
+}
+
+const PipelineOptions& StableDiffusionPipeline::options() const { return parts_->options; }
+const std::filesystem::path& StableDiffusionPipeline::model_dir() const {
+  return parts_->model_dir;
+}
+
+void StableDiffusionPipeline::validate(const GenerationParams& p) const {
+  require(p.width >= 8 && p.width % 8 == 0, "width must be a positive multiple of 8, got " +
+                                                std::to_string(p.width));
+  require(p.height >= 8 && p.height % 8 == 0, "height must be a positive multiple of 8, got " +
+                                                  std::to_string(p.height));
+  require(p.width % vae_scale_factor() == 0 && p.height % vae_scale_factor() == 0,
+          "width and height must be multiples of the VAE scale factor " +
+              std::to_string(vae_scale_factor()));
+  require(p.steps >= 1, "steps must be at least 1, got " + std::to_string(p.steps));
+  require(std::isfinite(p.guidance_scale), "guidance_scale must be finite");
+  require(std::isfinite(p.guidance_rescale) && p.guidance_rescale >= 0 && p.guidance_rescale <= 1,
+          "guidance_rescale must be in [0, 1]");
+  require(std::isfinite(p.eta) && p.eta >= 0, "eta must be a finite number >= 0");
+  require(p.num_images >= 1, "num_images must be at least 1, got " + std::to_string(p.num_images));
+  const auto& names = schedulers::sampler_names();
+  if (std::find(names.begin(), names.end(), p.sampler) == names.end()) {
+    std::string known;
+    for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
+    throw std::invalid_argument("unknown sampler \"" + p.sampler + "\" (known: " + known + ")");
+  }
+}
+
+at::Tensor StableDiffusionPipeline::encode_prompt(const std::string& prompt,
+                                                  const std::string& negative_prompt,
+                                                  int64_t num_images,
+                                                  bool classifier_free_guidance) {
+  torch::NoGradGuard no_grad;
+  const auto& device = parts_->options.device;
+  auto embed = [&](const std::string& text) {
+    auto ids = parts_->tokenizer->encode(text);
+    auto input = torch::tensor(ids, torch::kInt64).unsqueeze(0).to(device);
+    return parts_->text_encoder->forward(input).to(parts_->options.dtype);
+  };
+  auto positive = embed(prompt).repeat({num_images, 1, 1});
+  if (!classifier_free_guidance) return positive;
+  auto negative = embed(negative_prompt).repeat({num_images, 1, 1});
+  return torch::cat({negative, positive});
+}
+
+GenerationResult StableDiffusionPipeline::generate(const GenerationParams& params,
+                                                   const StepCallback& callback) {
+  validate(params);
+  torch::NoGradGuard no_grad;
+  const auto start = Clock::now();
+  const auto& opts = parts_->options;
+  GenerationResult result;
+
+  const bool guided = params.guidance_scale > 1.0;
+  auto embeddings =
+      encode_prompt(params.prompt, params.negative_prompt, params.num_images, guided);
+  result.timings.text_encoding_s = seconds_since(start);
+
+  schedulers::SamplerOptions sampler_options;
+  sampler_options.eta = params.eta;
+  auto scheduler = schedulers::make_scheduler(params.sampler, parts_->scheduler_config,
+                                              sampler_options);
+  scheduler->set_timesteps(params.steps);
+  const auto timesteps = scheduler->timesteps();
+
+  // As diffusers' randn_tensor with a CPU generator: drawn on the CPU in the target dtype.
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(params.seed);
+  const int64_t scale = vae_scale_factor();
+  const auto& unet_config = parts_->unet->config();
+  auto latents = at::randn({params.num_images, unet_config.in_channels, params.height / scale,
+                            params.width / scale},
+                           generator, at::TensorOptions().dtype(opts.dtype))
+                     .to(opts.device);
+  latents = latents * scheduler->init_noise_sigma();
+
+  const auto denoise_start = Clock::now();
+  const int64_t num_steps = timesteps.size(0);
+  for (int64_t i = 0; i < num_steps; ++i) {
+    auto t = timesteps[i];
+    auto model_input = guided ? torch::cat({latents, latents}) : latents;
+    model_input = scheduler->scale_model_input(model_input, t);
+    auto noise = parts_->unet->forward(model_input, t.to(opts.device), embeddings);
+    if (guided) {
+      auto chunks = noise.chunk(2);
+      auto noise_text = chunks[1];
+      noise = chunks[0] + params.guidance_scale * (noise_text - chunks[0]);
+      if (params.guidance_rescale > 0) {
+        noise = rescale_noise_cfg(noise, noise_text, params.guidance_rescale);
+      }
+    }
+    latents = scheduler->step(noise, t, latents, generator);
+    result.timesteps.push_back(t.item<double>());
+    if (callback && !callback(StepInfo{i, num_steps, t.item<double>(), &latents})) {
+      result.stopped = true;
+      break;
+    }
+  }
+  result.timings.denoising_s = seconds_since(denoise_start);
+  if (result.stopped) {
+    result.timings.total_s = seconds_since(start);
+    return result;
+  }
+
+  // One image at a time: the decoder's activations at full resolution dominate a request's
+  // peak memory, and they scale with the batch.
+  const auto decode_start = Clock::now();
+  const double scaling_factor = parts_->vae->config().scaling_factor;
+  std::vector<at::Tensor> images;
+  for (int64_t n = 0; n < latents.size(0); ++n) {
+    auto image = parts_->vae->decode(latents.narrow(0, n, 1) / scaling_factor);
+    images.push_back((image / 2 + 0.5).clamp(0, 1).to(torch::kCPU, torch::kFloat));
+  }
+  result.images = torch::cat(images).permute({0, 2, 3, 1}).contiguous();
+  result.timings.decoding_s = seconds_since(decode_start);
+  result.timings.total_s = seconds_since(start);
+  return result;
+}
+
+at::Tensor to_uint8(const at::Tensor& images) {
+  return (images.to(torch::kFloat) * 255).round().clamp(0, 255).to(torch::kUInt8).contiguous();
+}
+
+}  // namespace ldcp::pipelines

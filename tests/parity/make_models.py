@@ -108,12 +108,13 @@ def main() -> None:
     args = parse_args(__doc__)
     out = models_dir(args.parity_dir)
     stamp_value = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    stamp = out / "STAMP"
+    stamp = out / "STAMP-tiny"
     if stamp.exists() and stamp.read_text() == stamp_value:
         print(f"models in {out} are up to date")
         return
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (*CONFIGS, "tiny-a-fp16"):
+        shutil.rmtree(out / name, ignore_errors=True)
     for name in CONFIGS:
         pipe = build_pipeline(name)
         pipe.save_pretrained(out / name, safe_serialization=True)

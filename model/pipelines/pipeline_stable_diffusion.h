@@ -1,0 +1,96 @@
+#pragma once
+// Text-to-image with Stable Diffusion 1.5, step for step as diffusers' StableDiffusionPipeline:
+// CLIP text encoding with classifier-free guidance (unconditional and conditional in one U-Net
+// batch), initial latents drawn like torch.Generator("cpu").manual_seed(seed), the chosen
+// sampler, VAE decoding one image at a time.
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+namespace ldcp::pipelines {
+
+struct GenerationParams {
+  std::string prompt;
+  std::string negative_prompt;  // empty: the unconditional embedding of "" as diffusers
+  int64_t width = 512;          // pixels, multiple of 8
+  int64_t height = 512;
+  int64_t steps = 50;
+  double guidance_scale = 7.5;   // > 1 enables classifier-free guidance
+  double guidance_rescale = 0.0; // diffusers' rescale_noise_cfg factor, in [0, 1]
+  std::string sampler = "pndm";  // one of schedulers::sampler_names()
+  double eta = 0.0;              // DDIM only
+  uint64_t seed = 0;
+  int64_t num_images = 1;
+};
+
+// What a step callback sees; returning false stops the run after that step.
+struct StepInfo {
+  int64_t step = 0;       // 0-based index of the step just finished
+  int64_t num_steps = 0;  // steps in this run (the sampler's timestep count)
+  double timestep = 0;
+  const at::Tensor* latents = nullptr;  // the latents after this step
+};
+using StepCallback = std::function<bool(const StepInfo&)>;
+
+struct GenerationTimings {
+  double text_encoding_s = 0, denoising_s = 0, decoding_s = 0, total_s = 0;
+};
+
+struct GenerationResult {
+  at::Tensor images;  // [num_images, height, width, 3] float32 in [0, 1] on the CPU (empty if stopped)
+  std::vector<double> timesteps;  // the timesteps that ran
+  bool stopped = false;           // a callback stopped the run
+  GenerationTimings timings;
+};
+
+struct PipelineOptions {
+  c10::Device device = c10::kCPU;
+  c10::ScalarType dtype = c10::kFloat;  // kFloat, kHalf or kBFloat16
+  bool prefer_fp16_weights = false;     // load *.fp16.safetensors variants when present
+};
+
+class StableDiffusionPipeline {
+ public:
+  // Loads a diffusers-format model folder (model_index.json, text_encoder, tokenizer, unet, vae,
+  // scheduler). Throws with a message naming the offending file.
+  static std::unique_ptr<StableDiffusionPipeline> load(const std::filesystem::path& model_dir,
+                                                       const PipelineOptions& options = {});
+  ~StableDiffusionPipeline();
+
+  // Throws std::invalid_argument naming the parameter for an invalid request.
+  GenerationResult generate(const GenerationParams& params, const StepCallback& callback = {});
+
+  // Throws std::invalid_argument naming the first invalid field; generate() calls it first.
+  void validate(const GenerationParams& params) const;
+
+  // [2 * n or n, 77, hidden]: negative then positive embeddings when guidance is on.
+  at::Tensor encode_prompt(const std::string& prompt, const std::string& negative_prompt,
+                           int64_t num_images, bool classifier_free_guidance);
+
+  // Pixels per latent cell (2^(VAE levels - 1)); 8 for SD1.5.
+  int64_t vae_scale_factor() const;
+  // The size the model was trained at (unet sample_size x vae_scale_factor), diffusers' default.
+  int64_t native_resolution() const;
+  const PipelineOptions& options() const;
+  const std::filesystem::path& model_dir() const;
+
+ private:
+  struct Parts;
+  explicit StableDiffusionPipeline(std::unique_ptr<Parts> parts);
+  std::unique_ptr<Parts> parts_;
+};
+
+// Float images [N, H, W, 3] in [0, 1] to uint8 as diffusers' numpy_to_pil: round(x * 255).
+at::Tensor to_uint8(const at::Tensor& images);
+
+}  // namespace ldcp::pipelines

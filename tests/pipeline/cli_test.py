@@ -1,0 +1,119 @@
+"""End-to-end tests of the `ldcp` command-line tool (run by CTest as cli_ldcp).
+
+- `ldcp init-demo-model` writes a folder that diffusers itself loads, and on which `ldcp generate`
+  gives diffusers' image;
+- `ldcp generate` on a folder written by diffusers' save_pretrained gives the same PNG as
+  diffusers' StableDiffusionPipeline for the same seed, sampler, steps, guidance and size;
+- several images, and bad options or folders: a one-line error and a non-zero exit.
+"""
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+from PIL import Image
+
+FAILURES = []
+PASSED = 0
+
+
+def check(condition, message):
+    global PASSED
+    if condition:
+        PASSED += 1
+    else:
+        FAILURES.append(message)
+        print("FAIL:", message)
+
+
+def ldcp(binary, *args):
+    return subprocess.run([binary, *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def diffusers_png(model, prompt, size, steps, guidance, seed, sampler):
+    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    if sampler == "euler_a":
+        pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+    image = pipe(prompt, width=size, height=size, num_inference_steps=steps,
+                 guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+    return np.asarray(image, dtype=np.int16)
+
+
+def compare_with_diffusers(binary, model, out_dir, tag, sampler="pndm"):
+    prompt, size, steps, guidance, seed = "a castle on a hill at sunset", 64, 4, 7.5, 1234
+    out = out_dir / f"{tag}.png"
+    run = ldcp(binary, "generate", "--model", model, "--prompt", prompt, "--out", out, "--width",
+               size, "--height", size, "--steps", steps, "--guidance", guidance, "--seed", seed,
+               "--sampler", sampler)
+    check(run.returncode == 0, f"{tag}: ldcp generate failed: {run.stderr}")
+    if run.returncode != 0:
+        return
+    ours = np.asarray(Image.open(out).convert("RGB"), dtype=np.int16)
+    ref = diffusers_png(model, prompt, size, steps, guidance, seed, sampler)
+    diff = np.abs(ours - ref)
+    print(f"{tag}: max |diff| {diff.max()}/255, mean {diff.mean():.4f}/255")
+    check(ours.shape == ref.shape, f"{tag}: shape {ours.shape} != {ref.shape}")
+    check(diff.max() <= 2, f"{tag}: max pixel difference {diff.max()} > 2/255")
+    check(diff.mean() <= 0.5, f"{tag}: mean pixel difference {diff.mean()} > 0.5/255")
+
+
+def expect_error(binary, tag, *args, mentions=""):
+    run = ldcp(binary, *args)
+    lines = [line for line in run.stderr.strip().splitlines() if line.strip()]
+    check(run.returncode != 0, f"{tag}: expected a non-zero exit, got 0")
+    check(len(lines) >= 1, f"{tag}: expected an error message on stderr")
+    check("Traceback" not in run.stderr and "terminate called" not in run.stderr,
+          f"{tag}: crashed: {run.stderr}")
+    if mentions:
+        check(mentions in run.stderr, f"{tag}: error does not mention {mentions!r}: {run.stderr}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ldcp", required=True)
+    parser.add_argument("--parity-dir", required=True, type=Path)
+    args = parser.parse_args()
+    binary = args.ldcp
+    with tempfile.TemporaryDirectory(prefix="ldcp-cli-") as tmp:
+        tmp = Path(tmp)
+        demo = tmp / "demo"
+        run = ldcp(binary, "init-demo-model", demo, "--config", "tiny")
+        check(run.returncode == 0, f"init-demo-model failed: {run.stderr}")
+        compare_with_diffusers(binary, demo, tmp, "demo-model")
+        compare_with_diffusers(binary, args.parity_dir / "models" / "tiny-a", tmp, "tiny-a")
+        compare_with_diffusers(binary, args.parity_dir / "models" / "tiny-b", tmp, "tiny-b-euler_a",
+                               sampler="euler_a")
+
+        run = ldcp(binary, "generate", "--model", demo, "--prompt", "two", "--out", tmp / "many.png",
+                   "--width", 64, "--height", 64, "--steps", 2, "--num-images", 2, "--seed", 3)
+        check(run.returncode == 0, f"--num-images 2 failed: {run.stderr}")
+        for i in range(2):
+            check((tmp / f"many-{i}.png").exists(), f"many-{i}.png was not written")
+        check(not (tmp / "many.png").exists(), "many.png should not exist with --num-images 2")
+
+        base = ["generate", "--model", demo, "--out", tmp / "x.png"]
+        expect_error(binary, "missing prompt", *base, mentions="--prompt")
+        expect_error(binary, "bad width", *base, "--prompt", "p", "--width", 60, mentions="width")
+        expect_error(binary, "bad sampler", *base, "--prompt", "p", "--sampler", "heun",
+                     mentions="sampler")
+        expect_error(binary, "bad dtype", *base, "--prompt", "p", "--dtype", "int8", mentions="dtype")
+        expect_error(binary, "missing model", "generate", "--model", tmp / "nope", "--prompt", "p",
+                     "--out", tmp / "x.png", mentions="nope")
+        (tmp / "empty").mkdir()
+        expect_error(binary, "not a model folder", "generate", "--model", tmp / "empty", "--prompt",
+                     "p", "--out", tmp / "x.png", mentions="model_index.json")
+        expect_error(binary, "unknown demo config", "init-demo-model", tmp / "d2", "--config", "xl")
+        expect_error(binary, "no subcommand")
+    print(f"{PASSED} passed, {len(FAILURES)} failed")
+    sys.exit(1 if FAILURES else 0)
+
+
+if __name__ == "__main__":
+    main()

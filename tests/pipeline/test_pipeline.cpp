@@ -1,0 +1,135 @@
+// Pipeline behaviour beyond parity: validation, step callbacks and stopping, determinism.
+#include <cmath>
+#include <limits>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "model/pipelines/pipeline_stable_diffusion.h"
+#include "tests/common/test_util.h"
+
+namespace ldcp::pipelines {
+namespace {
+
+class PipelineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    pipeline_ = StableDiffusionPipeline::load(ldcp::testing::parity_model("tiny-a")).release();
+  }
+  static void TearDownTestSuite() { delete pipeline_; }
+
+  static GenerationParams small() {
+    GenerationParams p;
+    p.prompt = "a red bicycle";
+    p.width = p.height = 64;
+    p.steps = 3;
+    p.seed = 5;
+    return p;
+  }
+
+  static void expect_invalid(GenerationParams p, const std::string& field) {
+    try {
+      pipeline_->validate(p);
+      ADD_FAILURE() << "expected std::invalid_argument naming " << field;
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(field), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(pipeline_->generate(p), std::invalid_argument);
+  }
+
+  static StableDiffusionPipeline* pipeline_;
+};
+StableDiffusionPipeline* PipelineTest::pipeline_ = nullptr;
+
+TEST_F(PipelineTest, RejectsInvalidParametersNamingTheField) {
+  auto p = small();
+  p.width = 60;
+  expect_invalid(p, "width");
+  p = small();
+  p.height = 0;
+  expect_invalid(p, "height");
+  p = small();
+  p.steps = 0;
+  expect_invalid(p, "steps");
+  p = small();
+  p.guidance_scale = std::numeric_limits<double>::quiet_NaN();
+  expect_invalid(p, "guidance_scale");
+  p = small();
+  p.guidance_rescale = 1.5;
+  expect_invalid(p, "guidance_rescale");
+  p = small();
+  p.num_images = 0;
+  expect_invalid(p, "num_images");
+  p = small();
+  p.sampler = "heun";
+  expect_invalid(p, "sampler");
+}
+
+TEST_F(PipelineTest, CallbackSeesEveryStepInOrder) {
+  std::vector<int64_t> steps;
+  std::vector<double> timesteps;
+  int64_t num_steps = -1;
+  auto result = pipeline_->generate(small(), [&](const StepInfo& info) {
+    steps.push_back(info.step);
+    timesteps.push_back(info.timestep);
+    EXPECT_EQ(info.latents->size(0), 1);
+    num_steps = info.num_steps;
+    return true;
+  });
+  ASSERT_EQ(steps.size(), result.timesteps.size());
+  EXPECT_EQ(num_steps, static_cast<int64_t>(steps.size()));
+  for (size_t i = 0; i < steps.size(); ++i) EXPECT_EQ(steps[i], static_cast<int64_t>(i));
+  EXPECT_EQ(timesteps, result.timesteps);
+  EXPECT_FALSE(result.stopped);
+  EXPECT_EQ(result.images.sizes(), (std::vector<int64_t>{1, 64, 64, 3}));
+}
+
+TEST_F(PipelineTest, CallbackCanStopTheRun) {
+  int calls = 0;
+  auto result = pipeline_->generate(small(), [&](const StepInfo& info) {
+    ++calls;
+    return info.step < 1;  // stop after the second step
+  });
+  EXPECT_TRUE(result.stopped);
+  EXPECT_EQ(calls, 2);
+  EXPECT_EQ(result.timesteps.size(), 2u);
+  EXPECT_FALSE(result.images.defined());
+}
+
+TEST_F(PipelineTest, SameSeedSameImageOtherSeedOtherImage) {
+  auto a = pipeline_->generate(small()).images;
+  auto b = pipeline_->generate(small()).images;
+  auto p = small();
+  p.seed = 6;
+  auto c = pipeline_->generate(p).images;
+  EXPECT_TRUE(torch::equal(a, b));
+  EXPECT_GT((a - c).abs().max().item<double>(), 1e-3);
+}
+
+TEST_F(PipelineTest, SeveralImagesDiffer) {
+  auto p = small();
+  p.num_images = 2;
+  auto images = pipeline_->generate(p).images;
+  ASSERT_EQ(images.size(0), 2);
+  EXPECT_GT((images[0] - images[1]).abs().max().item<double>(), 1e-3);
+  auto u8 = to_uint8(images);
+  EXPECT_EQ(u8.scalar_type(), torch::kUInt8);
+  EXPECT_EQ(u8.sizes(), images.sizes());
+}
+
+TEST_F(PipelineTest, NativeResolutionIsSampleSizeTimesVaeFactor) {
+  EXPECT_EQ(pipeline_->vae_scale_factor(), 8);
+  EXPECT_EQ(pipeline_->native_resolution(), 64);  // tiny-a: sample_size 8
+}
+
+TEST(PipelineLoad, MissingFolderNamesThePath) {
+  try {
+    StableDiffusionPipeline::load("/nonexistent/model");
+    FAIL() << "expected an error";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/model"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace ldcp::pipelines
