@@ -34,7 +34,8 @@ T get_or(const nlohmann::json& config, const std::string& key, const T& fallback
 template <typename T>
 T get_required(const nlohmann::json& config, const std::string& key) {
   auto it = config.find(key);
-  if (it == config.end() || it->is_null()) throw ConfigError("config key \"" + key + "\" is missing");
+  if (it == config.end() || it->is_null())
+    throw ConfigError("config key \"" + key + "\" is missing");
   try {
     return it->get<T>();
   } catch (const nlohmann::json::exception& e) {

@@ -25,16 +25,31 @@ struct LoadOptions {
   // Checkpoint keys that may be present without a matching parameter (e.g. transformers'
   // "text_model.embeddings.position_ids" buffer); matched as exact names.
   std::vector<std::string> ignored_unexpected;
+  // Module parameters or buffers that may be absent from the checkpoint (they keep the values
+  // the module initialised them with); matched as exact names.
+  std::vector<std::string> ignored_missing;
 };
 
 // The safetensors weight file of a component folder: diffusion_pytorch_model.safetensors
-// (diffusers) or model.safetensors (transformers), or its .fp16 variant. Throws
-// WeightLoadError naming the folder when there is none.
+// (diffusers) or model.safetensors (transformers), or its .fp16 variant (taken when it is the
+// only one, or when prefer_fp16), or a sharded checkpoint's "<name>.safetensors.index.json"
+// ("<name>.safetensors.index.fp16.json"). Throws WeightLoadError naming the folder when there
+// is none.
 std::filesystem::path find_weight_file(const std::filesystem::path& component_dir,
                                        bool prefer_fp16 = false);
 
+// Every tensor of a weight file that find_weight_file returns: a .safetensors file, or a
+// sharded checkpoint's index (its shards' tensors, as the index's weight_map lists them).
+// Throws SafetensorsError or WeightLoadError naming the file.
+TensorMap load_weight_file(const std::filesystem::path& weight_file);
+
+// The current name of one VAE key: "<...>.attentions.<i>.query.weight" becomes
+// "<...>.attentions.<i>.to_q.weight" (key, value, proj_attn likewise); others are unchanged.
+std::string rename_legacy_vae_key(const std::string& key);
+
 // Renames the VAE's legacy attention keys (query, key, value, proj_attn) to the current ones
-// (to_q, to_k, to_v, to_out.0); other keys pass through unchanged.
+// (to_q, to_k, to_v, to_out.0); other keys pass through unchanged. Throws WeightLoadError when
+// a legacy key and its current name are both present.
 TensorMap rename_legacy_vae_keys(TensorMap tensors);
 
 // Copies `tensors` into the module's parameters and buffers, converting to each one's dtype
@@ -43,7 +58,8 @@ TensorMap rename_legacy_vae_keys(TensorMap tensors);
 void load_state_dict(torch::nn::Module& module, const TensorMap& tensors, const std::string& source,
                      const LoadOptions& options = {});
 
-// find_weight_file + load_safetensors + rename_legacy_vae_keys + load_state_dict.
+// find_weight_file + load_weight_file + rename_legacy_vae_keys + load_state_dict, reading one
+// tensor at a time from the mapped file(s) so that peak memory stays near the module's size.
 void load_component(torch::nn::Module& module, const std::filesystem::path& component_dir,
                     const LoadOptions& options = {});
 
