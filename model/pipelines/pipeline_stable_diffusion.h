@@ -17,6 +17,8 @@
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
+#include "model/pruning/pruning_schedule.h"
+
 namespace ldcp::pipelines {
 
 struct GenerationParams {
@@ -31,7 +33,12 @@ struct GenerationParams {
   double eta = 0.0;              // DDIM only
   uint64_t seed = 0;
   int64_t num_images = 1;
+  pruning::PruningSchedule pruning;  // the U-Net's pruning level per step (default: off)
 };
+
+// Requests that can share one U-Net batch: same size, steps, sampler (and eta), guidance on or
+// off, and pruning schedule. Prompts, seeds, guidance scales and image counts may differ.
+bool batchable(const GenerationParams& a, const GenerationParams& b);
 
 // What a step callback sees; returning false stops the run after that step.
 struct StepInfo {
@@ -48,8 +55,13 @@ struct GenerationTimings {
 
 struct GenerationResult {
   at::Tensor images;  // [num_images, height, width, 3] float32 in [0, 1] on the CPU (empty if stopped)
-  std::vector<double> timesteps;  // the timesteps that ran
-  bool stopped = false;           // a callback stopped the run
+  std::vector<double> timesteps;    // the timesteps that ran
+  std::vector<double> step_levels;  // the pruning level of each step that ran
+  double pruned_channel_fraction = 0;  // of the gated channels, averaged over the steps
+  double pruned_flops_fraction = 0;    // of the U-Net's FLOPs, averaged over the steps
+  int64_t peak_memory_bytes = 0;       // measured peak of the run (whole batch)
+  int64_t peak_memory_above_weights_bytes = 0;
+  bool stopped = false;  // a callback stopped the run
   GenerationTimings timings;
 };
 
@@ -69,6 +81,14 @@ class StableDiffusionPipeline {
 
   // Throws std::invalid_argument naming the parameter for an invalid request.
   GenerationResult generate(const GenerationParams& params, const StepCallback& callback = {});
+
+  // Several batchable() requests as one U-Net batch; results in request order, each equal (to rounding) to
+  // what generate() gives for that request alone. `callback(i, step)` is called for request i
+  // after each step; returning false drops request i from the batch (its result is stopped)
+  // while the others go on.
+  using BatchStepCallback = std::function<bool(size_t request, const StepInfo&)>;
+  std::vector<GenerationResult> generate_batch(const std::vector<GenerationParams>& requests,
+                                               const BatchStepCallback& callback = {});
 
   // Throws std::invalid_argument naming the first invalid field; generate() calls it first.
   void validate(const GenerationParams& params) const;
