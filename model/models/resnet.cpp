@@ -1,6 +1,11 @@
 #include "model/models/resnet.h"
 
+#include <algorithm>
+
 #include <torch/nn/functional/activation.h>
+#include <torch/nn/functional/conv.h>
+#include <torch/nn/functional/linear.h>
+#include <torch/nn/functional/normalization.h>
 #include <torch/nn/functional/padding.h>
 #include <torch/nn/functional/upsampling.h>
 
@@ -29,14 +34,91 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DConfig& config) : config
 }
 
 torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& input, const torch::Tensor& temb) {
+  if (gate_) {
+    gate_->record_positions(input.size(2) * input.size(3));
+    if (gate_->sliced()) return forward_sliced(input, temb);
+  }
   auto hidden = conv1(F::silu(norm1(input)));
   if (time_emb_proj && temb.defined()) {
     hidden = hidden + time_emb_proj(F::silu(temb)).unsqueeze(-1).unsqueeze(-1);
   }
-  hidden = conv2(F::silu(norm2(hidden)));
+  hidden = F::silu(norm2(hidden));
+  if (gate_ && gate_->mask().defined()) {
+    // [units] or [batch, units] -> per channel, broadcast over the spatial dimensions.
+    auto mask = gate_->mask().to(hidden.dtype()).repeat_interleave(gate_->unit_size(), -1);
+    hidden = hidden * (mask.dim() == 1 ? mask.view({1, -1, 1, 1}) : mask.unsqueeze(-1).unsqueeze(-1));
+  }
+  hidden = conv2(hidden);
   auto shortcut = conv_shortcut ? conv_shortcut(input) : input;
   auto output = shortcut + hidden;
   return config_.output_scale_factor == 1.0 ? output : output / config_.output_scale_factor;
+}
+
+// The same block on the first kept_channels() gated channels only: narrowed weights (views,
+// no copies of conv1's or the projection's rows), GroupNorm over the kept groups.
+torch::Tensor ResnetBlock2DImpl::forward_sliced(const torch::Tensor& input,
+                                                const torch::Tensor& temb) {
+  const int64_t kept = gate_->kept_channels();
+  auto hidden = F::conv2d(F::silu(norm1(input)), conv1->weight.narrow(0, 0, kept),
+                          F::Conv2dFuncOptions().bias(conv1->bias.narrow(0, 0, kept)).padding(1));
+  if (time_emb_proj && temb.defined()) {
+    auto t = F::linear(F::silu(temb), time_emb_proj->weight.narrow(0, 0, kept),
+                       time_emb_proj->bias.narrow(0, 0, kept));
+    hidden = hidden + t.unsqueeze(-1).unsqueeze(-1);
+  }
+  hidden = F::silu(F::group_norm(hidden, F::GroupNormFuncOptions(gate_->kept_units())
+                                             .weight(norm2->weight.narrow(0, 0, kept))
+                                             .bias(norm2->bias.narrow(0, 0, kept))
+                                             .eps(config_.eps)));
+  hidden = F::conv2d(hidden, conv2->weight.narrow(1, 0, kept),
+                     F::Conv2dFuncOptions().bias(conv2->bias).padding(1));
+  auto shortcut = conv_shortcut ? conv_shortcut(input) : input;
+  auto output = shortcut + hidden;
+  return config_.output_scale_factor == 1.0 ? output : output / config_.output_scale_factor;
+}
+
+void ResnetBlock2DImpl::enable_gate(const std::string& name) {
+  const auto out = config_.out_channels;
+  gate_ = std::make_shared<pruning::ChannelGate>(name, config_.groups, out / config_.groups);
+}
+
+void ResnetBlock2DImpl::reorder_units(const std::vector<int64_t>& order) {
+  if (!gate_) throw std::logic_error("reorder_units on a block without a gate");
+  const int64_t units = gate_->num_units(), size = gate_->unit_size();
+  if (static_cast<int64_t>(order.size()) != units) {
+    throw std::invalid_argument("gate " + gate_->name() + ": order has " +
+                                std::to_string(order.size()) + " entries, expected " +
+                                std::to_string(units));
+  }
+  std::vector<int64_t> sorted = order;
+  std::sort(sorted.begin(), sorted.end());
+  for (int64_t i = 0; i < units; ++i) {
+    if (sorted[i] != i) {
+      throw std::invalid_argument("gate " + gate_->name() + ": order is not a permutation");
+    }
+  }
+  std::vector<int64_t> channels;
+  channels.reserve(units * size);
+  for (int64_t unit : order) {
+    for (int64_t c = 0; c < size; ++c) channels.push_back(unit * size + c);
+  }
+  auto index = torch::tensor(channels, torch::kLong).to(conv1->weight.device());
+  torch::NoGradGuard no_grad;
+  auto permute = [&](torch::Tensor& t, int64_t dim) { t.copy_(t.index_select(dim, index)); };
+  permute(conv1->weight, 0);
+  permute(conv1->bias, 0);
+  if (time_emb_proj) {
+    permute(time_emb_proj->weight, 0);
+    permute(time_emb_proj->bias, 0);
+  }
+  permute(norm2->weight, 0);
+  permute(norm2->bias, 0);
+  permute(conv2->weight, 1);
+}
+
+int64_t ResnetBlock2DImpl::macs_per_unit_position() const {
+  const int64_t size = gate_ ? gate_->unit_size() : config_.out_channels / config_.groups;
+  return size * (config_.in_channels * 9 + config_.out_channels * 9);
 }
 
 Downsample2DImpl::Downsample2DImpl(int64_t channels, int64_t out_channels, int64_t padding)

@@ -2,12 +2,17 @@
 // ResNet building blocks of diffusers' models/resnet.py: ResnetBlock2D, Downsample2D, Upsample2D.
 // Submodules carry diffusers' names, so named_parameters() equals the checkpoint keys.
 
+#include <memory>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include <torch/nn/module.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
+
+#include "model/pruning/channel_gate.h"
 
 namespace ldcp::models {
 
@@ -31,6 +36,17 @@ class ResnetBlock2DImpl : public torch::nn::Module {
 
   const ResnetBlock2DConfig& config() const { return config_; }
 
+  // Channel pruning between conv1 and conv2 (conv1's output channels, time_emb_proj's rows,
+  // norm2's affine, conv2's input channels) in whole GroupNorm groups, so every kept group is
+  // normalised exactly as before; the block's input and output widths do not change.
+  void enable_gate(const std::string& name);
+  const std::shared_ptr<pruning::ChannelGate>& gate() const { return gate_; }
+  // Permutes the gated groups so that group order[0] comes first. The output is unchanged (to
+  // rounding); done once at load time, in place.
+  void reorder_units(const std::vector<int64_t>& order);
+  // Multiply-accumulates one gated unit costs per spatial position (conv1 rows + conv2 columns).
+  int64_t macs_per_unit_position() const;
+
   torch::nn::GroupNorm norm1{nullptr};
   torch::nn::Conv2d conv1{nullptr};
   torch::nn::Linear time_emb_proj{nullptr};
@@ -39,7 +55,10 @@ class ResnetBlock2DImpl : public torch::nn::Module {
   torch::nn::Conv2d conv_shortcut{nullptr};
 
  private:
+  torch::Tensor forward_sliced(const torch::Tensor& input, const torch::Tensor& temb);
+
   ResnetBlock2DConfig config_;
+  std::shared_ptr<pruning::ChannelGate> gate_;
 };
 TORCH_MODULE(ResnetBlock2D);
 

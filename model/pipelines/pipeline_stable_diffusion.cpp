@@ -10,6 +10,7 @@
 #include "model/io/model_folder.h"
 #include "model/models/autoencoders/autoencoder_kl.h"
 #include "model/models/unets/unet_2d_condition.h"
+#include "model/runtime/memory_meter.h"
 #include "model/schedulers/scheduler.h"
 
 namespace ldcp::pipelines {
@@ -132,77 +133,141 @@ at::Tensor StableDiffusionPipeline::encode_prompt(const std::string& prompt,
   return torch::cat({negative, positive});
 }
 
+bool batchable(const GenerationParams& a, const GenerationParams& b) {
+  return a.width == b.width && a.height == b.height && a.steps == b.steps &&
+         a.sampler == b.sampler && a.eta == b.eta &&
+         (a.guidance_scale > 1.0) == (b.guidance_scale > 1.0) && a.pruning == b.pruning;
+}
+
 GenerationResult StableDiffusionPipeline::generate(const GenerationParams& params,
                                                    const StepCallback& callback) {
-  validate(params);
+  BatchStepCallback batch_callback;
+  if (callback) batch_callback = [&](size_t, const StepInfo& info) { return callback(info); };
+  return std::move(generate_batch({params}, batch_callback).front());
+}
+
+std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
+    const std::vector<GenerationParams>& requests, const BatchStepCallback& callback) {
+  if (requests.empty()) return {};
+  for (const auto& r : requests) {
+    validate(r);
+    if (!batchable(requests.front(), r)) {
+      throw std::invalid_argument(
+          "requests in one batch must share size, steps, sampler, guidance on/off and pruning");
+    }
+  }
   torch::NoGradGuard no_grad;
   const auto start = Clock::now();
   const auto& opts = parts_->options;
-  GenerationResult result;
+  runtime::MemoryMeter meter(opts.device);
+  const int64_t baseline_bytes = meter.stats().allocated_bytes;
+  meter.reset_peak();
 
-  const bool guided = params.guidance_scale > 1.0;
-  auto embeddings =
-      encode_prompt(params.prompt, params.negative_prompt, params.num_images, guided);
-  result.timings.text_encoding_s = seconds_since(start);
+  const auto& first = requests.front();
+  const bool guided = first.guidance_scale > 1.0;
+  const size_t count = requests.size();
+  std::vector<GenerationResult> results(count);
 
-  schedulers::SamplerOptions sampler_options;
-  sampler_options.eta = params.eta;
-  auto scheduler = schedulers::make_scheduler(params.sampler, parts_->scheduler_config,
-                                              sampler_options);
-  scheduler->set_timesteps(params.steps);
-  const auto timesteps = scheduler->timesteps();
-
-  // As diffusers' randn_tensor with a CPU generator: drawn on the CPU in the target dtype.
-  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(params.seed);
+  // Per request: its embeddings, its own sampler state and its own generator, so that each
+  // result equals the request run alone.
+  struct Slot {
+    at::Tensor embeddings, latents;
+    std::unique_ptr<schedulers::Scheduler> scheduler;
+    at::Generator generator;
+    bool active = true;
+  };
+  std::vector<Slot> slots(count);
   const int64_t scale = vae_scale_factor();
   const auto& unet_config = parts_->unet->config();
-  auto latents = at::randn({params.num_images, unet_config.in_channels, params.height / scale,
-                            params.width / scale},
-                           generator, at::TensorOptions().dtype(opts.dtype))
-                     .to(opts.device);
-  latents = latents * scheduler->init_noise_sigma();
+  at::Tensor timesteps;
+  for (size_t r = 0; r < count; ++r) {
+    const auto& p = requests[r];
+    auto& slot = slots[r];
+    const auto encode_start = Clock::now();
+    slot.embeddings = encode_prompt(p.prompt, p.negative_prompt, p.num_images, guided);
+    results[r].timings.text_encoding_s = seconds_since(encode_start);
+    schedulers::SamplerOptions sampler_options;
+    sampler_options.eta = p.eta;
+    slot.scheduler = schedulers::make_scheduler(p.sampler, parts_->scheduler_config, sampler_options);
+    slot.scheduler->set_timesteps(p.steps);
+    if (r == 0) timesteps = slot.scheduler->timesteps();
+    // As diffusers' randn_tensor with a CPU generator: drawn on the CPU in the target dtype.
+    slot.generator = at::make_generator<at::CPUGeneratorImpl>(p.seed);
+    slot.latents = at::randn({p.num_images, unet_config.in_channels, p.height / scale,
+                              p.width / scale},
+                             slot.generator, at::TensorOptions().dtype(opts.dtype))
+                       .to(opts.device) *
+                   slot.scheduler->init_noise_sigma();
+  }
 
   const auto denoise_start = Clock::now();
   const int64_t num_steps = timesteps.size(0);
   for (int64_t i = 0; i < num_steps; ++i) {
-    auto t = timesteps[i];
-    auto model_input = guided ? torch::cat({latents, latents}) : latents;
-    model_input = scheduler->scale_model_input(model_input, t);
-    auto noise = parts_->unet->forward(model_input, t.to(opts.device), embeddings);
-    if (guided) {
-      auto chunks = noise.chunk(2);
-      auto noise_text = chunks[1];
-      noise = chunks[0] + params.guidance_scale * (noise_text - chunks[0]);
-      if (params.guidance_rescale > 0) {
-        noise = rescale_noise_cfg(noise, noise_text, params.guidance_rescale);
+    const auto t = timesteps[i];
+    const double t_value = t.item<double>();
+    const double level = first.pruning.level_at(i, t_value);
+    std::vector<at::Tensor> inputs, embeddings;
+    std::vector<size_t> active;
+    for (size_t r = 0; r < count; ++r) {
+      if (!slots[r].active) continue;
+      active.push_back(r);
+      auto& slot = slots[r];
+      auto input = guided ? torch::cat({slot.latents, slot.latents}) : slot.latents;
+      inputs.push_back(slot.scheduler->scale_model_input(input, t));
+      embeddings.push_back(slot.embeddings);
+    }
+    if (active.empty()) break;
+    auto noise_all = parts_->unet->forward(torch::cat(inputs), t.to(opts.device),
+                                           torch::cat(embeddings));
+    int64_t offset = 0;
+    for (size_t k = 0; k < active.size(); ++k) {
+      const size_t r = active[k];
+      auto& slot = slots[r];
+      const auto& p = requests[r];
+      const int64_t rows = inputs[k].size(0);
+      auto noise = noise_all.narrow(0, offset, rows);
+      offset += rows;
+      if (guided) {
+        auto chunks = noise.chunk(2);
+        auto noise_text = chunks[1];
+        noise = chunks[0] + p.guidance_scale * (noise_text - chunks[0]);
+        if (p.guidance_rescale > 0) noise = rescale_noise_cfg(noise, noise_text, p.guidance_rescale);
+      }
+      slot.latents = slot.scheduler->step(noise, t, slot.latents, slot.generator);
+      results[r].timesteps.push_back(t_value);
+      results[r].step_levels.push_back(level);
+      if (callback && !callback(r, StepInfo{i, num_steps, t_value, &slot.latents})) {
+        slot.active = false;
+        results[r].stopped = true;
       }
     }
-    latents = scheduler->step(noise, t, latents, generator);
-    result.timesteps.push_back(t.item<double>());
-    if (callback && !callback(StepInfo{i, num_steps, t.item<double>(), &latents})) {
-      result.stopped = true;
-      break;
-    }
   }
-  result.timings.denoising_s = seconds_since(denoise_start);
-  if (result.stopped) {
-    result.timings.total_s = seconds_since(start);
-    return result;
-  }
+  const double denoising_s = seconds_since(denoise_start);
 
   // One image at a time: the decoder's activations at full resolution dominate a request's
   // peak memory, and they scale with the batch.
-  const auto decode_start = Clock::now();
   const double scaling_factor = parts_->vae->config().scaling_factor;
-  std::vector<at::Tensor> images;
-  for (int64_t n = 0; n < latents.size(0); ++n) {
-    auto image = parts_->vae->decode(latents.narrow(0, n, 1) / scaling_factor);
-    images.push_back((image / 2 + 0.5).clamp(0, 1).to(torch::kCPU, torch::kFloat));
+  for (size_t r = 0; r < count; ++r) {
+    auto& result = results[r];
+    result.timings.denoising_s = denoising_s;
+    if (result.stopped) continue;
+    const auto decode_start = Clock::now();
+    std::vector<at::Tensor> images;
+    for (int64_t n = 0; n < slots[r].latents.size(0); ++n) {
+      auto image = parts_->vae->decode(slots[r].latents.narrow(0, n, 1) / scaling_factor);
+      images.push_back((image / 2 + 0.5).clamp(0, 1).to(torch::kCPU, torch::kFloat));
+    }
+    result.images = torch::cat(images).permute({0, 2, 3, 1}).contiguous();
+    result.timings.decoding_s = seconds_since(decode_start);
   }
-  result.images = torch::cat(images).permute({0, 2, 3, 1}).contiguous();
-  result.timings.decoding_s = seconds_since(decode_start);
-  result.timings.total_s = seconds_since(start);
-  return result;
+  const auto memory = meter.stats();
+  const double total_s = seconds_since(start);
+  for (auto& result : results) {
+    result.timings.total_s = total_s;
+    result.peak_memory_bytes = memory.peak_allocated_bytes;
+    result.peak_memory_above_weights_bytes = memory.peak_allocated_bytes - baseline_bytes;
+  }
+  return results;
 }
 
 at::Tensor to_uint8(const at::Tensor& images) {
