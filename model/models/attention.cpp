@@ -1,1 +1,209 @@
-// placeholder: filled by its owner
+#include "model/models/attention.h"
+
+#include <stdexcept>
+#include <string>
+
+#include <ATen/ops/scaled_dot_product_attention.h>
+#include <torch/nn/functional/activation.h>
+
+namespace ldcp::models {
+
+namespace F = torch::nn::functional;
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+AttentionImpl::AttentionImpl(const AttentionConfig& config) : config_(config) {
+  const int64_t kv_dim =
+      config_.cross_attention_dim > 0 ? config_.cross_attention_dim : config_.query_dim;
+  const int64_t inner = inner_dim();
+  to_q = register_module(
+      "to_q",
+      torch::nn::Linear(torch::nn::LinearOptions(config_.query_dim, inner).bias(config_.bias)));
+  to_k = register_module(
+      "to_k", torch::nn::Linear(torch::nn::LinearOptions(kv_dim, inner).bias(config_.bias)));
+  to_v = register_module(
+      "to_v", torch::nn::Linear(torch::nn::LinearOptions(kv_dim, inner).bias(config_.bias)));
+  to_out_proj =
+      torch::nn::Linear(torch::nn::LinearOptions(inner, config_.query_dim).bias(config_.out_bias));
+  to_out = register_module("to_out", torch::nn::ModuleList(to_out_proj, torch::nn::Dropout(0.0)));
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
+                                     const torch::Tensor& encoder_hidden_states) {
+  // AttnProcessor2_0 for 3-D input, no mask.
+  const auto& context = encoder_hidden_states.defined() ? encoder_hidden_states : hidden_states;
+  const int64_t batch = hidden_states.size(0);
+  auto query = to_q(hidden_states);
+  auto key = to_k(context);
+  auto value = to_v(context);
+
+  const int64_t heads = config_.heads;
+  const int64_t head_dim = key.size(-1) / heads;
+  query = query.view({batch, -1, heads, head_dim}).transpose(1, 2);
+  key = key.view({batch, -1, heads, head_dim}).transpose(1, 2);
+  value = value.view({batch, -1, heads, head_dim}).transpose(1, 2);
+
+  auto out = at::scaled_dot_product_attention(query, key, value);
+  out = out.transpose(1, 2).reshape({batch, -1, heads * head_dim}).to(query.scalar_type());
+  return to_out_proj(out);  // to_out[1] is a Dropout: the identity at inference
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEGLU, FeedForward
+
+GEGLUImpl::GEGLUImpl(int64_t dim_in, int64_t dim_out, bool bias) {
+  proj = register_module(
+      "proj", torch::nn::Linear(torch::nn::LinearOptions(dim_in, dim_out * 2).bias(bias)));
+}
+
+torch::Tensor GEGLUImpl::forward(const torch::Tensor& hidden_states) {
+  auto chunks = proj(hidden_states).chunk(2, -1);
+  return chunks[0] * F::gelu(chunks[1]);
+}
+
+FeedForwardImpl::FeedForwardImpl(const FeedForwardConfig& config) : config_(config) {
+  if (config_.inner_dim == 0) config_.inner_dim = config_.dim * config_.mult;
+  if (config_.dim_out == 0) config_.dim_out = config_.dim;
+  act = GEGLU(config_.dim, config_.inner_dim, config_.bias);
+  proj_out = torch::nn::Linear(
+      torch::nn::LinearOptions(config_.inner_dim, config_.dim_out).bias(config_.bias));
+  net = register_module("net", torch::nn::ModuleList(act, torch::nn::Dropout(0.0), proj_out));
+}
+
+torch::Tensor FeedForwardImpl::forward(const torch::Tensor& hidden_states) {
+  return proj_out(act(hidden_states));  // net[1] is a Dropout: the identity at inference
+}
+
+// ---------------------------------------------------------------------------------------------
+// BasicTransformerBlock
+
+namespace {
+
+torch::nn::LayerNorm layer_norm(int64_t dim, double eps) {
+  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(eps).elementwise_affine(true));
+}
+
+}  // namespace
+
+BasicTransformerBlockImpl::BasicTransformerBlockImpl(const BasicTransformerBlockConfig& config)
+    : config_(config) {
+  AttentionConfig attn;
+  attn.query_dim = config_.dim;
+  attn.heads = config_.num_attention_heads;
+  attn.dim_head = config_.attention_head_dim;
+  attn.bias = config_.attention_bias;
+  attn.upcast_attention = config_.upcast_attention;
+
+  norm1 = register_module("norm1", layer_norm(config_.dim, config_.norm_eps));
+  AttentionConfig attn1_config = attn;
+  attn1_config.cross_attention_dim = config_.only_cross_attention ? config_.cross_attention_dim : 0;
+  attn1 = register_module("attn1", Attention(attn1_config));
+
+  if (config_.cross_attention_dim > 0) {
+    norm2 = register_module("norm2", layer_norm(config_.dim, config_.norm_eps));
+    AttentionConfig attn2_config = attn;
+    attn2_config.cross_attention_dim = config_.cross_attention_dim;
+    attn2 = register_module("attn2", Attention(attn2_config));
+  }
+
+  norm3 = register_module("norm3", layer_norm(config_.dim, config_.norm_eps));
+  FeedForwardConfig ff_config;
+  ff_config.dim = config_.dim;
+  ff = register_module("ff", FeedForward(ff_config));
+}
+
+torch::Tensor BasicTransformerBlockImpl::forward(const torch::Tensor& hidden_states,
+                                                 const torch::Tensor& encoder_hidden_states) {
+  auto hidden = hidden_states;
+  auto attn_output =
+      attn1(norm1(hidden), config_.only_cross_attention ? encoder_hidden_states : torch::Tensor());
+  hidden = attn_output + hidden;
+
+  if (attn2) hidden = attn2(norm2(hidden), encoder_hidden_states) + hidden;
+
+  hidden = ff(norm3(hidden)) + hidden;
+  return hidden;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transformer2DModel
+
+Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DModelConfig& config)
+    : config_(config) {
+  if (config_.out_channels == 0) config_.out_channels = config_.in_channels;
+  const int64_t in = config_.in_channels, out = config_.out_channels, inner = inner_dim();
+  if (in <= 0 || inner <= 0) {
+    throw std::invalid_argument("Transformer2DModel: in_channels (" + std::to_string(in) +
+                                ") and heads x head_dim (" + std::to_string(inner) +
+                                ") must be positive");
+  }
+
+  norm = register_module(
+      "norm", torch::nn::GroupNorm(
+                  torch::nn::GroupNormOptions(config_.norm_num_groups, in).eps(1e-6).affine(true)));
+  if (config_.use_linear_projection) {
+    proj_in_linear = register_module("proj_in", torch::nn::Linear(in, inner));
+  } else {
+    proj_in_conv =
+        register_module("proj_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, inner, 1)));
+  }
+
+  transformer_blocks = register_module("transformer_blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    BasicTransformerBlockConfig block;
+    block.dim = inner;
+    block.num_attention_heads = config_.num_attention_heads;
+    block.attention_head_dim = config_.attention_head_dim;
+    block.cross_attention_dim = config_.cross_attention_dim;
+    block.attention_bias = config_.attention_bias;
+    block.only_cross_attention = config_.only_cross_attention;
+    block.upcast_attention = config_.upcast_attention;
+    block.norm_eps = config_.norm_eps;
+    block_modules.emplace_back(block);
+    transformer_blocks->push_back(block_modules.back());
+  }
+
+  if (config_.use_linear_projection) {
+    proj_out_linear = register_module("proj_out", torch::nn::Linear(inner, out));
+  } else {
+    proj_out_conv =
+        register_module("proj_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(inner, out, 1)));
+  }
+}
+
+torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& hidden_states,
+                                              const torch::Tensor& encoder_hidden_states) {
+  const int64_t batch = hidden_states.size(0), height = hidden_states.size(2),
+                width = hidden_states.size(3);
+  const auto& residual = hidden_states;
+
+  // 1. Input: [B, C, H, W] -> [B, H*W, inner]
+  auto hidden = norm(hidden_states);
+  if (proj_in_conv) {
+    hidden = proj_in_conv(hidden);
+    const int64_t channels = hidden.size(1);
+    hidden = hidden.permute({0, 2, 3, 1}).reshape({batch, height * width, channels});
+  } else {
+    const int64_t channels = hidden.size(1);
+    hidden = hidden.permute({0, 2, 3, 1}).reshape({batch, height * width, channels});
+    hidden = proj_in_linear(hidden);
+  }
+
+  // 2. Blocks
+  for (auto& block : block_modules) hidden = block(hidden, encoder_hidden_states);
+
+  // 3. Output: back to [B, C, H, W], plus the residual
+  if (proj_out_conv) {
+    hidden =
+        hidden.reshape({batch, height, width, hidden.size(-1)}).permute({0, 3, 1, 2}).contiguous();
+    hidden = proj_out_conv(hidden);
+  } else {
+    hidden = proj_out_linear(hidden);
+    hidden =
+        hidden.reshape({batch, height, width, hidden.size(-1)}).permute({0, 3, 1, 2}).contiguous();
+  }
+  return hidden + residual;
+}
+
+}  // namespace ldcp::models

@@ -1,1 +1,463 @@
-// placeholder: filled by its owner
+#include "model/models/unets/unet_2d_condition.h"
+
+#include <algorithm>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+
+#include "model/io/json_file.h"
+
+namespace ldcp::models {
+
+using io::ConfigError;
+
+// ---------------------------------------------------------------------------------------------
+// UNet2DConditionConfig
+
+namespace {
+
+template <typename T>
+T per_block_value(const std::vector<T>& values, size_t block) {
+  return values.size() == 1 ? values[0] : values.at(block);
+}
+
+bool is_null_or_absent(const nlohmann::json& config, const std::string& key) {
+  auto it = config.find(key);
+  return it == config.end() || it->is_null();
+}
+
+// A setting that is a scalar (one value for all blocks) or a list with one value per block.
+template <typename T>
+std::vector<T> read_per_block(const nlohmann::json& config, const std::string& key,
+                              const std::vector<T>& fallback, size_t num_blocks) {
+  auto it = config.find(key);
+  if (it == config.end() || it->is_null()) return fallback;
+  try {
+    if (!it->is_array()) return {it->get<T>()};
+    if (it->size() != num_blocks) {
+      throw ConfigError("config key \"" + key + "\" has " + std::to_string(it->size()) +
+                        " entries; down_block_types has " + std::to_string(num_blocks));
+    }
+    std::vector<T> values;
+    for (const auto& value : *it) {
+      if (value.is_array() || value.is_null()) {
+        throw ConfigError("config key \"" + key +
+                          "\": nested lists and null entries are not supported");
+      }
+      values.push_back(value.get<T>());
+    }
+    return values;
+  } catch (const nlohmann::json::exception& e) {
+    throw ConfigError("config key \"" + key + "\" has the wrong type: " + e.what());
+  }
+}
+
+template <typename T>
+std::vector<T> read_list(const nlohmann::json& config, const std::string& key,
+                         const std::vector<T>& fallback) {
+  auto it = config.find(key);
+  if (it == config.end() || it->is_null()) return fallback;
+  if (!it->is_array()) throw ConfigError("config key \"" + key + "\" must be a list");
+  try {
+    return it->get<std::vector<T>>();
+  } catch (const nlohmann::json::exception& e) {
+    throw ConfigError("config key \"" + key + "\" has the wrong type: " + e.what());
+  }
+}
+
+void reject_unless_null(const nlohmann::json& config, const std::string& key) {
+  if (!is_null_or_absent(config, key)) {
+    throw ConfigError("config key \"" + key + "\" = " + config.at(key).dump() +
+                      " is not supported (only null)");
+  }
+}
+
+template <typename T>
+void reject_unless(const nlohmann::json& config, const std::string& key, const T& supported) {
+  if (io::get_or<T>(config, key, supported) != supported) {
+    throw ConfigError("config key \"" + key + "\" = " + config.at(key).dump() +
+                      " is not supported (only " + nlohmann::json(supported).dump() + ")");
+  }
+}
+
+}  // namespace
+
+UNet2DConditionConfig UNet2DConditionConfig::from_json(const nlohmann::json& config) {
+  if (!config.is_object()) throw ConfigError("the U-Net config is not a JSON object");
+  const auto class_name = io::get_or<std::string>(config, "_class_name", "UNet2DConditionModel");
+  if (class_name != "UNet2DConditionModel") {
+    throw ConfigError("config key \"_class_name\" = \"" + class_name +
+                      "\": expected UNet2DConditionModel");
+  }
+
+  // Features of UNet2DConditionModel that SD1.5-style models do not use.
+  for (const char* key :
+       {"num_attention_heads", "class_embed_type", "num_class_embeds", "addition_embed_type",
+        "encoder_hid_dim", "encoder_hid_dim_type", "time_cond_proj_dim", "timestep_post_act",
+        "time_embedding_act_fn", "reverse_transformer_layers_per_block", "cross_attention_norm"}) {
+    reject_unless_null(config, key);
+  }
+  reject_unless<std::string>(config, "time_embedding_type", "positional");
+  reject_unless<std::string>(config, "resnet_time_scale_shift", "default");
+  reject_unless<std::string>(config, "attention_type", "default");
+  reject_unless<bool>(config, "dual_cross_attention", false);
+  reject_unless<bool>(config, "class_embeddings_concat", false);
+  if (config.contains("norm_num_groups") && config.at("norm_num_groups").is_null()) {
+    throw ConfigError("config key \"norm_num_groups\" = null is not supported");
+  }
+  // Not read: dropout (inference), and keys that only other block or embedding types use
+  // (resnet_skip_time_act, resnet_out_scale_factor, mid_block_only_cross_attention,
+  // addition_time_embed_dim, projection_class_embeddings_input_dim,
+  // addition_embed_type_num_heads).
+
+  UNet2DConditionConfig c;
+  if (auto it = config.find("sample_size"); it != config.end() && !it->is_null()) {
+    try {
+      if (it->is_array()) {
+        if (it->size() != 2) throw ConfigError("config key \"sample_size\" must have 2 entries");
+        c.sample_size = std::make_pair(it->at(0).get<int64_t>(), it->at(1).get<int64_t>());
+      } else {
+        const auto size = it->get<int64_t>();
+        c.sample_size = std::make_pair(size, size);
+      }
+    } catch (const nlohmann::json::exception& e) {
+      throw ConfigError(std::string("config key \"sample_size\" has the wrong type: ") + e.what());
+    }
+  }
+  c.in_channels = io::get_or(config, "in_channels", c.in_channels);
+  c.out_channels = io::get_or(config, "out_channels", c.out_channels);
+  c.center_input_sample = io::get_or(config, "center_input_sample", c.center_input_sample);
+  c.flip_sin_to_cos = io::get_or(config, "flip_sin_to_cos", c.flip_sin_to_cos);
+  c.freq_shift = io::get_or(config, "freq_shift", c.freq_shift);
+  c.down_block_types = read_list(config, "down_block_types", c.down_block_types);
+  if (auto it = config.find("mid_block_type"); it != config.end()) {
+    c.mid_block_type = it->is_null() ? "" : io::get_or<std::string>(config, "mid_block_type", "");
+  }
+  c.up_block_types = read_list(config, "up_block_types", c.up_block_types);
+  c.block_out_channels = read_list(config, "block_out_channels", c.block_out_channels);
+
+  const size_t n = c.down_block_types.size();
+  c.only_cross_attention =
+      read_per_block(config, "only_cross_attention", c.only_cross_attention, n);
+  c.layers_per_block = read_per_block(config, "layers_per_block", c.layers_per_block, n);
+  c.downsample_padding = io::get_or(config, "downsample_padding", c.downsample_padding);
+  c.mid_block_scale_factor = io::get_or(config, "mid_block_scale_factor", c.mid_block_scale_factor);
+  c.act_fn = io::get_or(config, "act_fn", c.act_fn);
+  c.norm_num_groups = io::get_or(config, "norm_num_groups", c.norm_num_groups);
+  c.norm_eps = io::get_or(config, "norm_eps", c.norm_eps);
+  c.cross_attention_dim = read_per_block(config, "cross_attention_dim", c.cross_attention_dim, n);
+  c.transformer_layers_per_block =
+      read_per_block(config, "transformer_layers_per_block", c.transformer_layers_per_block, n);
+  c.attention_head_dim = read_per_block(config, "attention_head_dim", c.attention_head_dim, n);
+  c.use_linear_projection = io::get_or(config, "use_linear_projection", c.use_linear_projection);
+  c.upcast_attention = io::get_or(config, "upcast_attention", c.upcast_attention);
+  c.time_embedding_dim = io::get_or<int64_t>(config, "time_embedding_dim", 0);
+  c.conv_in_kernel = io::get_or(config, "conv_in_kernel", c.conv_in_kernel);
+  c.conv_out_kernel = io::get_or(config, "conv_out_kernel", c.conv_out_kernel);
+  c.validate();
+  return c;
+}
+
+int64_t UNet2DConditionConfig::num_attention_heads(size_t block) const {
+  return per_block_value(attention_head_dim, block);
+}
+int64_t UNet2DConditionConfig::layers(size_t block) const {
+  return per_block_value(layers_per_block, block);
+}
+int64_t UNet2DConditionConfig::cross_attention_dim_of(size_t block) const {
+  return per_block_value(cross_attention_dim, block);
+}
+int64_t UNet2DConditionConfig::transformer_layers(size_t block) const {
+  return per_block_value(transformer_layers_per_block, block);
+}
+bool UNet2DConditionConfig::only_cross_attention_of(size_t block) const {
+  return per_block_value(only_cross_attention, block);
+}
+int64_t UNet2DConditionConfig::time_embed_dim() const {
+  return time_embedding_dim > 0 ? time_embedding_dim : block_out_channels.at(0) * 4;
+}
+
+void UNet2DConditionConfig::validate() const {
+  const size_t n = down_block_types.size();
+  auto fail = [](const std::string& key, const std::string& why) {
+    throw ConfigError("config key \"" + key + "\" " + why);
+  };
+  if (n == 0) fail("down_block_types", "is empty");
+  if (up_block_types.size() != n) {
+    fail("up_block_types", "must have as many entries as down_block_types");
+  }
+  if (block_out_channels.size() != n) {
+    fail("block_out_channels", "must have as many entries as down_block_types");
+  }
+  auto check_per_block = [&](const std::string& key, size_t size) {
+    if (size != 1 && size != n) fail(key, "must be one value or one per down block");
+  };
+  check_per_block("only_cross_attention", only_cross_attention.size());
+  check_per_block("layers_per_block", layers_per_block.size());
+  check_per_block("cross_attention_dim", cross_attention_dim.size());
+  check_per_block("transformer_layers_per_block", transformer_layers_per_block.size());
+  check_per_block("attention_head_dim", attention_head_dim.size());
+
+  for (const auto& type : down_block_types) {
+    if (type != "CrossAttnDownBlock2D" && type != "DownBlock2D") {
+      fail("down_block_types", "contains unsupported block type \"" + type +
+                                   "\" (supported: CrossAttnDownBlock2D, DownBlock2D)");
+    }
+  }
+  for (const auto& type : up_block_types) {
+    if (type != "CrossAttnUpBlock2D" && type != "UpBlock2D") {
+      fail("up_block_types", "contains unsupported block type \"" + type +
+                                 "\" (supported: CrossAttnUpBlock2D, UpBlock2D)");
+    }
+  }
+  if (!mid_block_type.empty() && mid_block_type != "UNetMidBlock2DCrossAttn") {
+    fail("mid_block_type",
+         "= \"" + mid_block_type + "\" is not supported (UNetMidBlock2DCrossAttn or null)");
+  }
+  if (act_fn != "silu" && act_fn != "swish") {
+    fail("act_fn", "= \"" + act_fn + "\" is not supported (only silu)");
+  }
+  auto positive = [&](const std::string& key, int64_t value) {
+    if (value <= 0) fail(key, "must be positive, got " + std::to_string(value));
+  };
+  positive("in_channels", in_channels);
+  positive("out_channels", out_channels);
+  positive("norm_num_groups", norm_num_groups);
+  for (auto v : block_out_channels) positive("block_out_channels", v);
+  for (auto v : layers_per_block) positive("layers_per_block", v);
+  for (auto v : cross_attention_dim) positive("cross_attention_dim", v);
+  for (auto v : transformer_layers_per_block) positive("transformer_layers_per_block", v);
+  for (auto v : attention_head_dim) positive("attention_head_dim", v);
+  if (conv_in_kernel <= 0 || conv_in_kernel % 2 == 0) fail("conv_in_kernel", "must be odd");
+  if (conv_out_kernel <= 0 || conv_out_kernel % 2 == 0) fail("conv_out_kernel", "must be odd");
+  for (auto v : block_out_channels) {
+    if (v % norm_num_groups != 0) {
+      fail("norm_num_groups", "= " + std::to_string(norm_num_groups) +
+                                  " does not divide block_out_channels entry " + std::to_string(v));
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const bool cross = down_block_types[i] == "CrossAttnDownBlock2D" ||
+                       up_block_types[n - 1 - i] == "CrossAttnUpBlock2D" ||
+                       (i + 1 == n && !mid_block_type.empty());
+    if (cross && block_out_channels[i] % num_attention_heads(i) != 0) {
+      fail("attention_head_dim",
+           "(the number of heads) = " + std::to_string(num_attention_heads(i)) +
+               " does not divide block_out_channels entry " +
+               std::to_string(block_out_channels[i]));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// UNet2DConditionModel
+
+UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& config)
+    : config_(config) {
+  config_.validate();
+  const auto& c = config_;
+  const size_t n = c.num_blocks();
+  const auto& channels = c.block_out_channels;
+
+  // input
+  conv_in = register_module(
+      "conv_in",
+      torch::nn::Conv2d(torch::nn::Conv2dOptions(c.in_channels, channels[0], c.conv_in_kernel)
+                            .padding((c.conv_in_kernel - 1) / 2)));
+
+  // time
+  const int64_t time_embed_dim = c.time_embed_dim();
+  time_proj = register_module("time_proj", Timesteps(channels[0], c.flip_sin_to_cos, c.freq_shift));
+  time_embedding =
+      register_module("time_embedding", TimestepEmbedding(channels[0], time_embed_dim));
+
+  auto block_config = [&](size_t i) {
+    UNetBlockConfig block;
+    block.temb_channels = time_embed_dim;
+    block.resnet_eps = c.norm_eps;
+    block.resnet_groups = c.norm_num_groups;
+    block.transformer_layers_per_block = c.transformer_layers(i);
+    block.num_attention_heads = c.num_attention_heads(i);
+    block.cross_attention_dim = c.cross_attention_dim_of(i);
+    block.use_linear_projection = c.use_linear_projection;
+    block.only_cross_attention = c.only_cross_attention_of(i);
+    block.upcast_attention = c.upcast_attention;
+    return block;
+  };
+
+  // down
+  down_blocks = register_module("down_blocks", torch::nn::ModuleList());
+  int64_t output_channel = channels[0];
+  for (size_t i = 0; i < n; ++i) {
+    auto block = block_config(i);
+    block.in_channels = output_channel;
+    output_channel = channels[i];
+    block.out_channels = output_channel;
+    block.num_layers = c.layers(i);
+    block.add_downsample = i + 1 != n;
+    block.downsample_padding = c.downsample_padding;
+    if (c.down_block_types[i] == "CrossAttnDownBlock2D") {
+      down_blocks->push_back(CrossAttnDownBlock2D(block));
+    } else {
+      down_blocks->push_back(DownBlock2D(block));
+    }
+  }
+
+  // mid
+  if (!c.mid_block_type.empty()) {
+    auto block = block_config(n - 1);
+    block.in_channels = channels[n - 1];
+    block.output_scale_factor = c.mid_block_scale_factor;
+    block.only_cross_attention = false;  // UNetMidBlock2DCrossAttn has no such option
+    mid_block = register_module("mid_block", UNetMidBlock2DCrossAttn(block));
+  }
+
+  // up: the per-block settings reversed
+  up_blocks = register_module("up_blocks", torch::nn::ModuleList());
+  output_channel = channels[n - 1];
+  for (size_t i = 0; i < n; ++i) {
+    const size_t mirror = n - 1 - i;  // the down block at the same resolution
+    const bool is_final_block = i + 1 == n;
+    auto block = block_config(mirror);
+    block.prev_output_channel = output_channel;
+    output_channel = channels[mirror];
+    block.out_channels = output_channel;
+    block.in_channels = channels[std::max<size_t>(mirror, 1) - 1];
+    block.num_layers = c.layers(mirror) + 1;
+    block.add_upsample = !is_final_block;
+    if (!is_final_block) ++num_upsamplers_;
+    if (c.up_block_types[i] == "CrossAttnUpBlock2D") {
+      up_blocks->push_back(CrossAttnUpBlock2D(block));
+    } else {
+      up_blocks->push_back(UpBlock2D(block));
+    }
+  }
+
+  // out
+  conv_norm_out = register_module(
+      "conv_norm_out",
+      torch::nn::GroupNorm(
+          torch::nn::GroupNormOptions(c.norm_num_groups, channels[0]).eps(c.norm_eps)));
+  conv_act = register_module("conv_act", torch::nn::SiLU());
+  conv_out = register_module(
+      "conv_out",
+      torch::nn::Conv2d(torch::nn::Conv2dOptions(channels[0], c.out_channels, c.conv_out_kernel)
+                            .padding((c.conv_out_kernel - 1) / 2)));
+}
+
+torch::Tensor UNet2DConditionModelImpl::get_time_embed(const torch::Tensor& sample,
+                                                       const torch::Tensor& timestep) {
+  if (!timestep.defined() || timestep.dim() > 1) {
+    throw std::invalid_argument("UNet2DConditionModel: timestep must be a 0-d or 1-d tensor");
+  }
+  auto timesteps = timestep.dim() == 0 ? timestep.unsqueeze(0) : timestep;
+  const int64_t batch = sample.size(0);
+  if (timesteps.size(0) != 1 && timesteps.size(0) != batch) {
+    throw std::invalid_argument("UNet2DConditionModel: " + std::to_string(timesteps.size(0)) +
+                                " timesteps for a batch of " + std::to_string(batch));
+  }
+  // Broadcast to the batch dimension, as diffusers does.
+  timesteps = timesteps.to(sample.device()).expand({batch});
+  // Timesteps returns float32; the time embedding runs in the sample's dtype.
+  return time_proj(timesteps).to(sample.scalar_type());
+}
+
+torch::Tensor UNet2DConditionModelImpl::forward(const torch::Tensor& sample_in,
+                                                const torch::Tensor& timestep,
+                                                const torch::Tensor& encoder_hidden_states) {
+  const auto& c = config_;
+  if (!sample_in.defined() || sample_in.dim() != 4 || sample_in.size(1) != c.in_channels) {
+    std::ostringstream msg;
+    msg << "UNet2DConditionModel: sample must be [B, " << c.in_channels << ", H, W], got "
+        << (sample_in.defined() ? sample_in.sizes() : c10::IntArrayRef{});
+    throw std::invalid_argument(msg.str());
+  }
+  if (!encoder_hidden_states.defined() || encoder_hidden_states.dim() != 3 ||
+      encoder_hidden_states.size(0) != sample_in.size(0)) {
+    throw std::invalid_argument(
+        "UNet2DConditionModel: encoder_hidden_states must be [B, L, cross_attention_dim] with "
+        "the sample's batch size");
+  }
+
+  // The overall upsampling factor is 2^num_upsamplers; for other latent sizes each upsampler
+  // is given the size of the skip connection it meets.
+  const int64_t overall_up_factor = int64_t{1} << num_upsamplers_;
+  const bool forward_upsample_size =
+      sample_in.size(2) % overall_up_factor != 0 || sample_in.size(3) % overall_up_factor != 0;
+
+  // 0. center input if necessary
+  auto sample = c.center_input_sample ? 2 * sample_in - 1.0 : sample_in;
+
+  // 1. time
+  auto t_emb = get_time_embed(sample, timestep);
+  auto emb = time_embedding(t_emb);
+
+  // 2. pre-process
+  sample = conv_in(sample);
+
+  // 3. down
+  std::vector<torch::Tensor> down_block_res_samples{sample};
+  for (const auto& module : *down_blocks) {
+    DownBlockOutput out;
+    if (auto* cross = module->as<CrossAttnDownBlock2DImpl>()) {
+      out = cross->forward(sample, emb, encoder_hidden_states);
+    } else {
+      out = module->as<DownBlock2DImpl>()->forward(sample, emb);
+    }
+    sample = out.hidden_states;
+    down_block_res_samples.insert(down_block_res_samples.end(), out.output_states.begin(),
+                                  out.output_states.end());
+  }
+
+  // 4. mid
+  if (mid_block) sample = mid_block(sample, emb, encoder_hidden_states);
+
+  // 5. up
+  UpsampleSize upsample_size;
+  for (size_t i = 0; i < up_blocks->size(); ++i) {
+    const bool is_final_block = i + 1 == up_blocks->size();
+    const auto& module = up_blocks->ptr(i);
+    auto* cross = module->as<CrossAttnUpBlock2DImpl>();
+    auto* plain = module->as<UpBlock2DImpl>();
+    const size_t num_resnets = cross ? cross->resnet_modules.size() : plain->resnet_modules.size();
+
+    std::vector<torch::Tensor> res_samples(down_block_res_samples.end() - num_resnets,
+                                           down_block_res_samples.end());
+    down_block_res_samples.resize(down_block_res_samples.size() - num_resnets);
+
+    if (!is_final_block && forward_upsample_size) {
+      const auto& next_skip = down_block_res_samples.back();
+      upsample_size = std::make_pair(next_skip.size(2), next_skip.size(3));
+    }
+    if (cross) {
+      sample = cross->forward(sample, res_samples, emb, encoder_hidden_states, upsample_size);
+    } else {
+      sample = plain->forward(sample, res_samples, emb, upsample_size);
+    }
+  }
+
+  // 6. post-process
+  sample = conv_act(conv_norm_out(sample));
+  return conv_out(sample);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+UNet2DConditionModel load_unet(const std::filesystem::path& unet_dir,
+                               const io::LoadOptions& options) {
+  const auto config_path = unet_dir / "config.json";
+  const auto json = io::read_json_file(config_path);  // its errors name the file already
+  UNet2DConditionConfig config;
+  try {
+    config = UNet2DConditionConfig::from_json(json);
+  } catch (const ConfigError& e) {
+    throw ConfigError(config_path.string() + ": " + e.what());
+  }
+  UNet2DConditionModel model(config);
+  io::load_component(*model, unet_dir, options);
+  model->eval();
+  for (auto& parameter : model->parameters()) parameter.set_requires_grad(false);
+  return model;
+}
+
+}  // namespace ldcp::models
