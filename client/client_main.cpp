@@ -1,0 +1,289 @@
+// ldcp-client: calls ldcp-server.
+//   ldcp-client generate --target ADDR --prompt TEXT --out FILE.png [request fields]
+//   ldcp-client health --target ADDR [--service NAME]
+// `generate` streams progress (a bar on a terminal) from GenerateStream, or calls the unary
+// Generate with --unary. Errors print the gRPC status and message and exit non-zero (the exit
+// code is 10 + the gRPC status code). Retries on UNAVAILABLE with backoff (service config).
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+#include <CLI/CLI.hpp>
+
+#include "client/service_config.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "ldcp/v1/ldcp.grpc.pb.h"
+#include "tools/progress.h"
+
+namespace {
+
+const char* code_name(grpc::StatusCode c) {
+  switch (c) {
+    case grpc::OK:
+      return "OK";
+    case grpc::CANCELLED:
+      return "CANCELLED";
+    case grpc::UNKNOWN:
+      return "UNKNOWN";
+    case grpc::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc::DEADLINE_EXCEEDED:
+      return "DEADLINE_EXCEEDED";
+    case grpc::NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc::ALREADY_EXISTS:
+      return "ALREADY_EXISTS";
+    case grpc::PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    case grpc::RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
+    case grpc::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case grpc::ABORTED:
+      return "ABORTED";
+    case grpc::OUT_OF_RANGE:
+      return "OUT_OF_RANGE";
+    case grpc::UNIMPLEMENTED:
+      return "UNIMPLEMENTED";
+    case grpc::INTERNAL:
+      return "INTERNAL";
+    case grpc::UNAVAILABLE:
+      return "UNAVAILABLE";
+    case grpc::DATA_LOSS:
+      return "DATA_LOSS";
+    case grpc::UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
+    default:
+      return "?";
+  }
+}
+
+int fail(const grpc::Status& s) {
+  std::cerr << "ldcp-client: " << code_name(s.error_code()) << ": " << s.error_message() << "\n";
+  return 10 + static_cast<int>(s.error_code());
+}
+
+std::shared_ptr<grpc::Channel> make_channel(const std::string& target, int64_t max_bytes,
+                                            bool retries) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(static_cast<int>(max_bytes));
+  args.SetMaxSendMessageSize(static_cast<int>(max_bytes));
+  if (retries) {
+    args.SetServiceConfigJSON(ldcp::client::kServiceConfigJson);
+  } else {
+    args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+  }
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+std::vector<double> parse_list(const std::string& text) {
+  std::vector<double> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (!item.empty()) out.push_back(std::stod(item));
+  }
+  return out;
+}
+
+// FILE.png for one image, FILE-0.png, FILE-1.png, ... for several.
+std::filesystem::path image_path(const std::filesystem::path& out, size_t i, size_t n) {
+  if (n == 1) return out;
+  auto p = out;
+  p.replace_filename(out.stem().string() + "-" + std::to_string(i) + out.extension().string());
+  return p;
+}
+
+bool write_file(const std::filesystem::path& path, const std::string& bytes) {
+  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
+  const auto tmp = path.string() + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary);
+    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!f) return false;
+  }
+  std::filesystem::rename(tmp, path);
+  return true;
+}
+
+struct GenerateOptions {
+  std::string target = "127.0.0.1:50051";
+  std::string out = "out.png";
+  std::string prompt, negative_prompt, sampler, request_id, pruning = "auto", per_step_levels;
+  uint32_t width = 0, height = 0, steps = 0, num_images = 0, preview_every = 0;
+  std::optional<double> guidance, level, max_level;
+  std::optional<uint64_t> seed;
+  int32_t priority = 0;
+  double timeout_s = 600;
+  bool unary = false, no_retry = false, quiet = false;
+  int64_t max_message_bytes = 64LL << 20;
+};
+
+int generate(const GenerateOptions& o) {
+  ldcp::v1::GenerateRequest req;
+  req.set_prompt(o.prompt);
+  req.set_negative_prompt(o.negative_prompt);
+  req.set_width(o.width);
+  req.set_height(o.height);
+  req.set_steps(o.steps);
+  if (o.guidance) req.set_guidance_scale(*o.guidance);
+  req.set_sampler(o.sampler);
+  if (o.seed) req.set_seed(*o.seed);
+  req.set_num_images(o.num_images);
+  req.set_request_id(o.request_id);
+  req.set_priority(o.priority);
+  req.set_preview_every(o.preview_every);
+  req.set_output_format(ldcp::v1::OUTPUT_FORMAT_PNG);
+  auto* pr = req.mutable_pruning();
+  if (o.pruning == "auto") pr->set_mode(ldcp::v1::PRUNING_MODE_AUTO);
+  if (o.pruning == "off") pr->set_mode(ldcp::v1::PRUNING_MODE_OFF);
+  if (o.pruning == "fixed") pr->set_mode(ldcp::v1::PRUNING_MODE_FIXED);
+  if (o.level) pr->set_level(*o.level);
+  if (o.max_level) pr->set_max_level(*o.max_level);
+  try {
+    for (double l : parse_list(o.per_step_levels)) pr->add_per_step_levels(l);
+  } catch (const std::exception&) {
+    std::cerr << "ldcp-client: --per-step-levels: not a comma-separated list of numbers\n";
+    return 2;
+  }
+
+  auto stub =
+      ldcp::v1::ImageGeneration::NewStub(make_channel(o.target, o.max_message_bytes, !o.no_retry));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000)));
+  ldcp::v1::GenerateResponse result;
+  if (o.unary) {
+    auto status = stub->Generate(&ctx, req, &result);
+    if (!status.ok()) return fail(status);
+  } else {
+    auto reader = stub->GenerateStream(&ctx, req);
+    ldcp::v1::GenerateEvent ev;
+    std::optional<ldcp::tools::Progress> bar;
+    bool got_result = false;
+    while (reader->Read(&ev)) {
+      if (ev.has_progress()) {
+        const auto& p = ev.progress();
+        if (o.quiet) continue;
+        if (!bar) bar.emplace("generate", p.num_steps());
+        char detail[64];
+        std::snprintf(detail, sizeof detail, "level %.2f", p.level());
+        bar->update(p.step(), detail);
+        if (p.has_preview() && !p.preview().data().empty()) {
+          auto path = std::filesystem::path(o.out);
+          path.replace_filename(path.stem().string() + "-preview.png");
+          write_file(path, p.preview().data());
+        }
+      } else if (ev.has_result()) {
+        result = ev.result();
+        got_result = true;
+      }
+    }
+    if (bar) bar->finish();
+    auto status = reader->Finish();
+    if (!status.ok()) return fail(status);
+    if (!got_result) {
+      return fail(grpc::Status(grpc::StatusCode::INTERNAL, "the stream ended without a result"));
+    }
+  }
+  const size_t n = static_cast<size_t>(result.images_size());
+  for (size_t i = 0; i < n; ++i) {
+    const auto path = image_path(o.out, i, n);
+    if (!write_file(path, result.images(static_cast<int>(i)).data())) {
+      std::cerr << "ldcp-client: cannot write " << path << "\n";
+      return 1;
+    }
+    std::cout << "wrote " << path.string() << "\n";
+  }
+  double max_level = 0;
+  for (double l : result.step_levels()) max_level = std::max(max_level, l);
+  const auto& t = result.timings();
+  std::printf(
+      "request %s: model %s, seed %llu, max level %.2f, pruning ratio %.3f, batch %u, peak memory "
+      "%lld bytes\ntimings: queue %.3f s, text encoding %.3f s, denoising %.3f s, decoding %.3f "
+      "s, total %.3f s\n",
+      result.request_id().c_str(), result.model().c_str(),
+      static_cast<unsigned long long>(result.seed()), max_level, result.pruning_ratio(),
+      result.batch_size(), static_cast<long long>(result.peak_memory_bytes()), t.queue_seconds(),
+      t.text_encoding_seconds(), t.denoising_seconds(), t.decoding_seconds(), t.total_seconds());
+  return 0;
+}
+
+int health(const std::string& target, const std::string& service, double timeout_s) {
+  auto stub = grpc::health::v1::Health::NewStub(make_channel(target, 4 << 20, false));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
+  grpc::health::v1::HealthCheckRequest req;
+  req.set_service(service);
+  grpc::health::v1::HealthCheckResponse resp;
+  auto status = stub->Check(&ctx, req, &resp);
+  if (!status.ok()) return fail(status);
+  const auto name = grpc::health::v1::HealthCheckResponse::ServingStatus_Name(resp.status());
+  std::cout << name << "\n";
+  return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"ldcp-client: generate images with ldcp-server, or check its health"};
+  app.require_subcommand(1);
+  GenerateOptions g;
+  auto* gen = app.add_subcommand("generate", "Generate images (progress from GenerateStream)");
+  gen->add_option("--target", g.target, "Server address")
+      ->envname("LDCP_TARGET")
+      ->capture_default_str();
+  gen->add_option("--prompt", g.prompt, "Prompt")->required();
+  gen->add_option("--negative-prompt", g.negative_prompt, "Negative prompt");
+  gen->add_option("--out", g.out, "Output PNG (several images: FILE-0.png, FILE-1.png, ...)")
+      ->capture_default_str();
+  gen->add_option("--width", g.width, "Pixels, multiple of 8 (0: the server's default)");
+  gen->add_option("--height", g.height, "Pixels, multiple of 8 (0: the server's default)");
+  gen->add_option("--steps", g.steps, "Denoising steps (0: the server's default)");
+  gen->add_option("--guidance", g.guidance, "Guidance scale (default 7.5)");
+  gen->add_option("--sampler", g.sampler,
+                  "pndm, ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras (default: the server's)");
+  gen->add_option("--seed", g.seed, "Seed (default: random, chosen by the server and printed)");
+  gen->add_option("--num-images", g.num_images, "Images for this prompt");
+  gen->add_option("--pruning", g.pruning, "auto, off or fixed")
+      ->check(CLI::IsMember({"auto", "off", "fixed"}))
+      ->capture_default_str();
+  gen->add_option("--level", g.level, "fixed: the pruning level, in [0, 1)");
+  gen->add_option("--per-step-levels", g.per_step_levels, "fixed: one level per step, a,b,c");
+  gen->add_option("--max-level", g.max_level, "auto: the most pruning accepted, in [0, 1)");
+  gen->add_option("--request-id", g.request_id, "Request id (echoed and logged)");
+  gen->add_option("--priority", g.priority, "Higher runs first");
+  gen->add_option("--preview-every", g.preview_every,
+                  "Write a small preview (OUT-preview.png) every N steps");
+  gen->add_option("--timeout", g.timeout_s, "Deadline in seconds")->capture_default_str();
+  gen->add_option("--max-message-bytes", g.max_message_bytes, "Largest response accepted")
+      ->capture_default_str();
+  gen->add_flag("--unary", g.unary, "Call the unary Generate (no progress)");
+  gen->add_flag("--no-retry", g.no_retry, "Do not retry UNAVAILABLE");
+  gen->add_flag("--quiet", g.quiet, "No progress output");
+
+  std::string h_target = "127.0.0.1:50051", h_service;
+  double h_timeout = 5;
+  auto* hc = app.add_subcommand("health",
+                                "grpc.health.v1 Check: prints the status, exit 0 "
+                                "when SERVING");
+  hc->add_option("--target", h_target, "Server address")
+      ->envname("LDCP_TARGET")
+      ->capture_default_str();
+  hc->add_option("--service", h_service, "Service name (empty: the whole server)");
+  hc->add_option("--timeout", h_timeout, "Deadline in seconds")->capture_default_str();
+
+  CLI11_PARSE(app, argc, argv);
+  if (gen->parsed()) return generate(g);
+  return health(h_target, h_service, h_timeout);
+}

@@ -1,0 +1,56 @@
+#include "server/calibration.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "server/logging.h"
+
+namespace ldcp::server {
+
+std::vector<double> calibrate(Engine& engine, CostModel& costs, const CalibrationPlan& plan) {
+  std::vector<double> ran;
+  auto levels = plan.levels;
+  if (std::find(levels.begin(), levels.end(), 0.0) == levels.end())
+    levels.insert(levels.begin(), 0.0);
+  std::sort(levels.begin(), levels.end());
+  for (double level : levels) {
+    bool ok = true;
+    for (const auto& [w, h] : plan.sizes) {
+      for (int64_t n : plan.batch_sizes) {
+        pipelines::GenerationParams p;
+        p.prompt = "a calibration run";
+        p.width = w;
+        p.height = h;
+        p.steps = plan.steps;
+        p.sampler = plan.sampler;
+        p.seed = 0;
+        p.num_images = 1;
+        p.pruning =
+            level > 0 ? pruning::PruningSchedule::fixed(level) : pruning::PruningSchedule::off();
+        std::vector<pipelines::GenerationParams> batch(static_cast<size_t>(n), p);
+        std::vector<pipelines::GenerationResult> results;
+        try {
+          results = engine.run(batch, {});
+        } catch (const std::invalid_argument& e) {
+          if (level == 0.0) throw;
+          log_warn(strf("calibration: level %.2f left out of AUTO's levels: %s", level, e.what()));
+          ok = false;
+          break;
+        }
+        if (results.empty()) throw std::runtime_error("calibration: the engine returned nothing");
+        const int64_t bytes = results[0].peak_memory_above_weights_bytes;
+        costs.add_measurement(n, w, h, level, bytes);
+        log_info(
+            strf("calibration: %lld image(s) %lldx%lld level %.2f: peak %lld bytes above "
+                 "weights, %.2f s",
+                 static_cast<long long>(n), static_cast<long long>(w), static_cast<long long>(h),
+                 level, static_cast<long long>(bytes), results[0].timings.total_s));
+      }
+      if (!ok) break;
+    }
+    if (ok) ran.push_back(level);
+  }
+  return ran;
+}
+
+}  // namespace ldcp::server

@@ -1,0 +1,27 @@
+#pragma once
+// Start-up calibration of the cost model: real runs of the engine at the configured sizes,
+// levels and batch sizes, recording each run's measured peak above the weights.
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "server/cost_model.h"
+#include "server/engine.h"
+
+namespace ldcp::server {
+
+struct CalibrationPlan {
+  std::vector<std::pair<int64_t, int64_t>> sizes;  // (width, height)
+  std::vector<double> levels;
+  std::vector<int64_t> batch_sizes = {1, 2};
+  int64_t steps = 2;
+  std::string sampler = "pndm";
+};
+
+// Runs the plan and fills `costs`. Returns the levels that ran (a level the engine rejects is
+// left out with a warning; level 0 must run, or this throws).
+std::vector<double> calibrate(Engine& engine, CostModel& costs, const CalibrationPlan& plan);
+
+}  // namespace ldcp::server

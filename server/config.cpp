@@ -1,0 +1,224 @@
+#include "server/config.h"
+
+#include <cctype>
+#include <cmath>
+#include <sstream>
+#include <stdexcept>
+
+#include <CLI/CLI.hpp>
+
+namespace ldcp::server {
+
+void add_options(CLI::App& app, ServerConfig& c) {
+  auto env = [](const char* name) { return std::string("LDCP_") + name; };
+  app.add_option("--model", c.model_dir, "Diffusers-format model folder (required)")
+      ->envname(env("MODEL"))
+      ->required();
+  app.add_option("--gates", c.gates_file, "Pruning gates file (learned channel gates)")
+      ->envname(env("GATES"));
+  app.add_option("--device", c.device, "cpu, cuda or cuda:N")
+      ->envname(env("DEVICE"))
+      ->capture_default_str();
+  app.add_option("--dtype", c.dtype, "fp32, fp16 or bf16")
+      ->envname(env("DTYPE"))
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
+      ->capture_default_str();
+  app.add_flag("--fp16-weights", c.fp16_weights, "Load *.fp16.safetensors variants when present")
+      ->envname(env("FP16_WEIGHTS"));
+
+  app.add_option("--listen", c.listen, "gRPC address (host:port)")
+      ->envname(env("LISTEN"))
+      ->capture_default_str();
+  app.add_option("--metrics-listen", c.metrics_listen, "Prometheus /metrics address (host:port)")
+      ->envname(env("METRICS_LISTEN"))
+      ->capture_default_str();
+  app.add_option("--max-message-bytes", c.max_message_bytes,
+                 "Largest gRPC message sent or received (image payloads)")
+      ->envname(env("MAX_MESSAGE_BYTES"))
+      ->capture_default_str();
+
+  app.add_option("--memory-budget", c.memory_budget,
+                 "Device memory the server may use (bytes or e.g. 8GiB). Default on CUDA: the "
+                 "device's memory less --memory-headroom; required on CPU")
+      ->envname(env("MEMORY_BUDGET"));
+  app.add_option("--memory-headroom", c.memory_headroom,
+                 "CUDA: memory left to others when the budget is derived from the device")
+      ->envname(env("MEMORY_HEADROOM"))
+      ->capture_default_str();
+
+  app.add_option("--max-queue", c.max_queue, "Requests that may wait; more get UNAVAILABLE")
+      ->envname(env("MAX_QUEUE"))
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 20))
+      ->capture_default_str();
+  app.add_option("--max-batch", c.max_batch, "Images per U-Net batch")
+      ->envname(env("MAX_BATCH"))
+      ->check(CLI::Range(int64_t{1}, int64_t{256}))
+      ->capture_default_str();
+  app.add_option("--batch-window-ms", c.batch_window_ms,
+                 "How long a batch that is not full waits for compatible requests")
+      ->envname(env("BATCH_WINDOW_MS"))
+      ->check(CLI::Range(int64_t{0}, int64_t{60000}))
+      ->capture_default_str();
+  app.add_option("--workers", c.workers, "Batches that run at once (model threads)")
+      ->envname(env("WORKERS"))
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  app.add_option("--levels", c.levels, "AUTO's pruning levels, comma-separated, each in [0, 1)")
+      ->envname(env("LEVELS"))
+      ->capture_default_str();
+  app.add_option("--max-level", c.max_level, "The most pruning AUTO applies, in [0, 1)")
+      ->envname(env("MAX_LEVEL"))
+      ->check(CLI::Range(0.0, 0.999999))
+      ->capture_default_str();
+  app.add_option("--hysteresis-fraction", c.hysteresis_fraction,
+                 "AUTO lowers its level only when the lower level fits with this fraction of the "
+                 "budget to spare")
+      ->envname(env("HYSTERESIS_FRACTION"))
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--hysteresis-decisions", c.hysteresis_decisions,
+                 "... in this many consecutive scheduling decisions")
+      ->envname(env("HYSTERESIS_DECISIONS"))
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+
+  app.add_option("--calibrate-sizes", c.calibrate_sizes,
+                 "Sizes measured at start-up, e.g. 256x256,512x512 (default: the native size)")
+      ->envname(env("CALIBRATE_SIZES"));
+  app.add_option("--calibrate-levels", c.calibrate_levels, "Levels measured at start-up")
+      ->envname(env("CALIBRATE_LEVELS"))
+      ->capture_default_str();
+  app.add_option("--calibrate-steps", c.calibrate_steps, "Denoising steps per calibration run")
+      ->envname(env("CALIBRATE_STEPS"))
+      ->check(CLI::Range(int64_t{1}, int64_t{50}))
+      ->capture_default_str();
+
+  app.add_option("--min-size", c.min_size, "Smallest width/height accepted (pixels)")
+      ->envname(env("MIN_SIZE"))
+      ->check(CLI::Range(int64_t{8}, int64_t{16384}))
+      ->capture_default_str();
+  app.add_option("--max-size", c.max_size, "Largest width/height accepted (pixels)")
+      ->envname(env("MAX_SIZE"))
+      ->check(CLI::Range(int64_t{8}, int64_t{16384}))
+      ->capture_default_str();
+  app.add_option("--default-size", c.default_size,
+                 "Width/height when a request gives none (0: the model's native size)")
+      ->envname(env("DEFAULT_SIZE"))
+      ->capture_default_str();
+  app.add_option("--max-steps", c.max_steps, "Most denoising steps accepted")
+      ->envname(env("MAX_STEPS"))
+      ->check(CLI::Range(int64_t{1}, int64_t{1000}))
+      ->capture_default_str();
+  app.add_option("--default-steps", c.default_steps, "Steps when a request gives none")
+      ->envname(env("DEFAULT_STEPS"))
+      ->check(CLI::Range(int64_t{1}, int64_t{1000}))
+      ->capture_default_str();
+  app.add_option("--max-guidance", c.max_guidance, "Largest guidance scale accepted")
+      ->envname(env("MAX_GUIDANCE"))
+      ->capture_default_str();
+  app.add_option("--max-images", c.max_images, "Most images per request")
+      ->envname(env("MAX_IMAGES"))
+      ->check(CLI::Range(int64_t{1}, int64_t{64}))
+      ->capture_default_str();
+  app.add_option("--max-prompt-chars", c.max_prompt_chars, "Longest prompt accepted (bytes)")
+      ->envname(env("MAX_PROMPT_CHARS"))
+      ->capture_default_str();
+  app.add_option("--default-sampler", c.default_sampler, "Sampler when a request names none")
+      ->envname(env("DEFAULT_SAMPLER"))
+      ->capture_default_str();
+
+  app.add_option("--grace-period", c.grace_period_s,
+                 "Seconds running requests get to finish after SIGTERM/SIGINT")
+      ->envname(env("GRACE_PERIOD"))
+      ->check(CLI::Range(0.0, 3600.0))
+      ->capture_default_str();
+  app.add_option("--log-level", c.log_level, "trace, debug, info, warn, error")
+      ->envname(env("LOG_LEVEL"))
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
+      ->capture_default_str();
+  app.add_option("--log-format", c.log_format, "text or json (one object per line)")
+      ->envname(env("LOG_FORMAT"))
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
+}
+
+int64_t parse_bytes(const std::string& text) {
+  size_t pos = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &pos);
+  } catch (const std::exception&) {
+    throw std::invalid_argument("not a byte count: '" + text + "'");
+  }
+  std::string unit = text.substr(pos);
+  while (!unit.empty() && std::isspace(static_cast<unsigned char>(unit.front()))) unit.erase(0, 1);
+  for (auto& ch : unit) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  double mult = 1;
+  if (unit.empty() || unit == "b")
+    mult = 1;
+  else if (unit == "k" || unit == "kb")
+    mult = 1e3;
+  else if (unit == "m" || unit == "mb")
+    mult = 1e6;
+  else if (unit == "g" || unit == "gb")
+    mult = 1e9;
+  else if (unit == "kib")
+    mult = 1024.0;
+  else if (unit == "mib")
+    mult = 1024.0 * 1024;
+  else if (unit == "gib")
+    mult = 1024.0 * 1024 * 1024;
+  else if (unit == "tib")
+    mult = 1024.0 * 1024 * 1024 * 1024;
+  else
+    throw std::invalid_argument("unknown unit in byte count '" + text + "'");
+  if (!std::isfinite(value) || value < 0) {
+    throw std::invalid_argument("byte count must be >= 0: '" + text + "'");
+  }
+  return static_cast<int64_t>(std::llround(value * mult));
+}
+
+std::vector<double> parse_levels(const std::string& text, const std::string& what) {
+  std::vector<double> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    size_t pos = 0;
+    double l = -1;
+    try {
+      l = std::stod(item, &pos);
+    } catch (const std::exception&) {
+      pos = 0;
+    }
+    if (pos != item.size() || !(l >= 0.0 && l < 1.0)) {
+      throw std::invalid_argument(what + ": '" + item + "' is not a level in [0, 1)");
+    }
+    out.push_back(l);
+  }
+  if (out.empty()) throw std::invalid_argument(what + ": no levels given");
+  return out;
+}
+
+std::vector<std::pair<int64_t, int64_t>> parse_sizes(const std::string& text) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    const auto x = item.find('x');
+    try {
+      if (x == std::string::npos) throw std::invalid_argument("");
+      size_t p1 = 0, p2 = 0;
+      const int64_t w = std::stoll(item.substr(0, x), &p1);
+      const int64_t h = std::stoll(item.substr(x + 1), &p2);
+      if (p1 != x || p2 != item.size() - x - 1 || w <= 0 || h <= 0) throw std::invalid_argument("");
+      out.emplace_back(w, h);
+    } catch (const std::exception&) {
+      throw std::invalid_argument("--calibrate-sizes: '" + item + "' is not WIDTHxHEIGHT");
+    }
+  }
+  return out;
+}
+
+}  // namespace ldcp::server

@@ -1,0 +1,74 @@
+#pragma once
+// ldcp-server's configuration: command-line flags, each also read from an LDCP_* environment
+// variable (the flag wins). `ldcp-server --help` documents every one.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace CLI {
+class App;
+}
+
+namespace ldcp::server {
+
+struct ServerConfig {
+  // Model and device.
+  std::string model_dir;
+  std::string gates_file;
+  std::string device = "cpu";
+  std::string dtype = "fp32";
+  bool fp16_weights = false;
+
+  // Network.
+  std::string listen = "127.0.0.1:50051";
+  std::string metrics_listen = "127.0.0.1:9464";
+  int64_t max_message_bytes = 64LL << 20;
+
+  // Memory.
+  std::string memory_budget;  // bytes or "8GiB"; empty: device memory less headroom (CUDA)
+  std::string memory_headroom = "1GiB";
+
+  // Scheduling.
+  int64_t max_queue = 64;
+  int64_t max_batch = 4;
+  int64_t batch_window_ms = 20;
+  int workers = 1;
+  std::string levels = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7";
+  double max_level = 0.7;
+  double hysteresis_fraction = 0.05;
+  int hysteresis_decisions = 3;
+
+  // Calibration at start-up.
+  std::string calibrate_sizes;  // "256x256,512x512"; empty: the model's native size
+  std::string calibrate_levels = "0,0.35,0.7";
+  int64_t calibrate_steps = 2;
+
+  // Request bounds and defaults.
+  int64_t min_size = 64;
+  int64_t max_size = 1024;
+  int64_t default_size = 0;  // 0: the model's native resolution
+  int64_t max_steps = 150;
+  int64_t default_steps = 30;
+  double max_guidance = 50.0;
+  int64_t max_images = 4;
+  int64_t max_prompt_chars = 2000;
+  std::string default_sampler = "pndm";
+
+  // Lifecycle and logs.
+  double grace_period_s = 30.0;
+  std::string log_level = "info";
+  std::string log_format = "text";
+};
+
+// Registers every option on `app` (flags with LDCP_* environment variables).
+void add_options(CLI::App& app, ServerConfig& config);
+
+// "8GiB", "512MiB", "1.5GB", "123456" -> bytes. Throws std::invalid_argument.
+int64_t parse_bytes(const std::string& text);
+// "0,0.1,0.5" -> levels, each in [0, 1). Throws std::invalid_argument naming `what`.
+std::vector<double> parse_levels(const std::string& text, const std::string& what);
+// "256x256,512x768" -> (width, height) pairs. Throws std::invalid_argument.
+std::vector<std::pair<int64_t, int64_t>> parse_sizes(const std::string& text);
+
+}  // namespace ldcp::server

@@ -1,0 +1,133 @@
+#include "server/cost_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <set>
+#include <stdexcept>
+
+namespace ldcp::server {
+namespace {
+
+int64_t milli(double level) { return static_cast<int64_t>(std::llround(level * 1000.0)); }
+
+// Bytes for `images` from the measured (images -> bytes) points of one size and level.
+double fit(const std::map<int64_t, double>& pts, int64_t images) {
+  if (pts.size() == 1) {
+    const auto& [n, b] = *pts.begin();
+    return b * static_cast<double>(images) / static_cast<double>(n);
+  }
+  double sx = 0, sy = 0, sxx = 0, sxy = 0;
+  for (const auto& [n, b] : pts) {
+    sx += n;
+    sy += b;
+    sxx += static_cast<double>(n) * n;
+    sxy += n * b;
+  }
+  const double k = static_cast<double>(pts.size());
+  const double slope = std::max(0.0, (k * sxy - sx * sy) / (k * sxx - sx * sx));
+  const double intercept = (sy - slope * sx) / k;
+  double v = intercept + slope * static_cast<double>(images);
+  // Never below the largest measurement at or under this image count.
+  for (const auto& [n, b] : pts) {
+    if (n <= images) v = std::max(v, b);
+  }
+  return v;
+}
+
+}  // namespace
+
+void CostModel::add_measurement(int64_t images, int64_t width, int64_t height, double level,
+                                int64_t bytes) {
+  std::lock_guard lock(mu_);
+  points_[{width * height, milli(level)}][images] =
+      static_cast<double>(std::max<int64_t>(0, bytes));
+}
+
+void CostModel::observe(int64_t images, int64_t width, int64_t height, double level,
+                        int64_t bytes) {
+  std::lock_guard lock(mu_);
+  auto& slot = points_[{width * height, milli(level)}];
+  auto it = slot.find(images);
+  const double b = static_cast<double>(std::max<int64_t>(0, bytes));
+  if (it == slot.end() || b > it->second) {
+    slot[images] = b;
+  } else {
+    it->second += 0.25 * (b - it->second);
+  }
+}
+
+void CostModel::observe_oom(int64_t images, int64_t width, int64_t height, double level,
+                            int64_t available_bytes) {
+  std::lock_guard lock(mu_);
+  const double at_least = 1.25 * static_cast<double>(std::max<int64_t>(1, available_bytes));
+  const double current =
+      points_.empty() ? 0.0 : static_cast<double>(estimate_unlocked(images, width, height, level));
+  points_[{width * height, milli(level)}][images] = std::max(at_least, current);
+}
+
+bool CostModel::empty() const {
+  std::lock_guard lock(mu_);
+  return points_.empty();
+}
+
+int64_t CostModel::estimate_at(int64_t pixels, int64_t level_milli, int64_t images) const {
+  // Levels measured at this size.
+  std::vector<std::pair<int64_t, double>> by_level;
+  for (const auto& [key, pts] : points_) {
+    if (std::get<0>(key) == pixels) by_level.emplace_back(std::get<1>(key), fit(pts, images));
+  }
+  // Pruning never costs more: make the cost non-increasing in the level.
+  for (size_t i = 1; i < by_level.size(); ++i) {
+    by_level[i].second = std::min(by_level[i].second, by_level[i - 1].second);
+  }
+  if (level_milli <= by_level.front().first) return std::llround(by_level.front().second);
+  for (size_t i = 1; i < by_level.size(); ++i) {
+    if (level_milli <= by_level[i].first) {
+      const auto [l0, c0] = by_level[i - 1];
+      const auto [l1, c1] = by_level[i];
+      const double t = static_cast<double>(level_milli - l0) / static_cast<double>(l1 - l0);
+      return std::llround(c0 + t * (c1 - c0));
+    }
+  }
+  return std::llround(by_level.back().second);
+}
+
+int64_t CostModel::estimate_unlocked(int64_t images, int64_t width, int64_t height,
+                                     double level) const {
+  if (points_.empty()) throw std::logic_error("the memory cost model has no measurements");
+  const int64_t pixels = width * height;
+  std::set<int64_t> sizes;
+  for (const auto& [key, pts] : points_) sizes.insert(std::get<0>(key));
+  // The nearest measured size (ties: the larger, which is the conservative one).
+  int64_t best = *sizes.begin();
+  for (int64_t s : sizes) {
+    if (std::llabs(s - pixels) <= std::llabs(best - pixels)) best = s;
+  }
+  double bytes = static_cast<double>(estimate_at(best, milli(level), images));
+  bytes *= static_cast<double>(pixels) / static_cast<double>(best);
+  return std::llround(bytes * (1.0 + margin_));
+}
+
+int64_t CostModel::estimate(int64_t images, int64_t width, int64_t height, double level) const {
+  std::lock_guard lock(mu_);
+  return estimate_unlocked(images, width, height, level);
+}
+
+std::vector<std::string> CostModel::describe() const {
+  std::lock_guard lock(mu_);
+  std::vector<std::string> out;
+  for (const auto& [key, pts] : points_) {
+    for (const auto& [n, b] : pts) {
+      char line[160];
+      std::snprintf(line, sizeof line, "%lld image(s) x %lld px @ level %.3f: %.0f bytes",
+                    static_cast<long long>(n), static_cast<long long>(std::get<0>(key)),
+                    std::get<1>(key) / 1000.0, b);
+      out.emplace_back(line);
+    }
+  }
+  return out;
+}
+
+}  // namespace ldcp::server

@@ -1,0 +1,52 @@
+#pragma once
+// Memory cost of a U-Net batch: the measured peak above the idle baseline for (images, width,
+// height, pruning level). Filled at start-up by real calibration runs and refined from the peaks
+// that served requests report, so that the scheduler's level choice is a lookup.
+//
+// Between measurements: linear in the number of images (least squares over the image counts
+// measured for that size and level; proportional with one count), linear in the pixel count from
+// the nearest measured size, linear between the two nearest measured levels (above the highest
+// measured level, that level's cost: pruning never costs more memory). The estimate never rises
+// with the level, and a safety margin is added.
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace ldcp::server {
+
+class CostModel {
+ public:
+  explicit CostModel(double safety_margin = 0.05) : margin_(safety_margin) {}
+
+  // A measured peak (bytes above the baseline) of a batch of `images` images.
+  void add_measurement(int64_t images, int64_t width, int64_t height, double level, int64_t bytes);
+  // A served batch's measured peak: raises the stored cost at once when it was underestimated,
+  // otherwise moves it a quarter of the way towards the measurement.
+  void observe(int64_t images, int64_t width, int64_t height, double level, int64_t bytes);
+  // An allocation failed at this point although `available_bytes` were free: the cost is at
+  // least that much more.
+  void observe_oom(int64_t images, int64_t width, int64_t height, double level,
+                   int64_t available_bytes);
+
+  // Estimated peak bytes; throws std::logic_error when nothing was measured.
+  int64_t estimate(int64_t images, int64_t width, int64_t height, double level) const;
+  bool empty() const;
+  // "images x WxH @ level: bytes" lines, for the start-up log.
+  std::vector<std::string> describe() const;
+
+ private:
+  using Key = std::tuple<int64_t, int64_t>;  // (pixels, level in 1/1000)
+  int64_t estimate_at(int64_t pixels, int64_t level_milli, int64_t images) const;
+  int64_t estimate_unlocked(int64_t images, int64_t width, int64_t height, double level) const;
+
+  double margin_;
+  mutable std::mutex mu_;
+  // (pixels, level) -> images -> bytes
+  std::map<Key, std::map<int64_t, double>> points_;
+};
+
+}  // namespace ldcp::server

@@ -1,0 +1,48 @@
+#pragma once
+// What the scheduler drives: one loaded model that runs U-Net batches. The real engine wraps
+// StableDiffusionPipeline (sd_engine.h); the unit tests use a fake whose memory costs and timing
+// they control, so the scheduling policy is tested apart from the model.
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "model/pipelines/pipeline_stable_diffusion.h"
+#include "model/runtime/memory_meter.h"
+
+namespace ldcp::server {
+
+// An allocation failed while running a batch (CUDA or CPU out of memory). The engine has freed
+// what the batch held; other requests are unaffected.
+class OutOfMemory : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+
+  virtual std::string model_name() const = 0;
+  // The default image size (pixels) when a request gives none.
+  virtual int64_t native_resolution() const = 0;
+
+  // Throws std::invalid_argument naming the first invalid field.
+  virtual void validate(const pipelines::GenerationParams& params) const = 0;
+  // Whether two requests can share one U-Net batch.
+  virtual bool batchable(const pipelines::GenerationParams& a,
+                         const pipelines::GenerationParams& b) const = 0;
+
+  // Runs the requests as one U-Net batch (one request: a plain generate). Results in request
+  // order; `callback(i, step)` returning false drops request i. Throws OutOfMemory when an
+  // allocation fails, std::invalid_argument for a bad request, other exceptions for failures.
+  virtual std::vector<pipelines::GenerationResult> run(
+      const std::vector<pipelines::GenerationParams>& requests,
+      const pipelines::StableDiffusionPipeline::BatchStepCallback& callback) = 0;
+
+  // Measured memory of the engine's device now (allocator statistics).
+  virtual runtime::MemoryStats memory() const = 0;
+};
+
+}  // namespace ldcp::server

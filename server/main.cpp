@@ -1,0 +1,156 @@
+// ldcp-server: Stable Diffusion 1.5 with learned dynamic channel pruning over gRPC.
+// Loads the model, calibrates the memory cost model, then serves ldcp.v1.ImageGeneration, the
+// grpc.health.v1 health service and server reflection, with Prometheus metrics on their own port.
+// SIGTERM/SIGINT: health turns NOT_SERVING, new requests get UNAVAILABLE, running and queued ones
+// get --grace-period seconds to finish, then the process exits 0.
+
+#include <csignal>
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <prometheus/exposer.h>
+#include <CLI/CLI.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+
+#include "server/calibration.h"
+#include "server/config.h"
+#include "server/cost_model.h"
+#include "server/logging.h"
+#include "server/memory_budget.h"
+#include "server/metrics.h"
+#include "server/request_scheduler.h"
+#include "server/sd_engine.h"
+#include "server/service.h"
+
+namespace {
+
+using namespace ldcp::server;
+
+c10::ScalarType parse_dtype(const std::string& s) {
+  if (s == "fp16") return c10::kHalf;
+  if (s == "bf16") return c10::kBFloat16;
+  return c10::kFloat;
+}
+
+int serve(const ServerConfig& c) {
+  if (!c.gates_file.empty() && !std::filesystem::is_regular_file(c.gates_file)) {
+    throw std::invalid_argument("--gates: no such file: " + c.gates_file);
+  }
+  if (!c.gates_file.empty()) {
+    // The pipeline options have no gates file yet; refuse rather than silently ignore it.
+    throw std::invalid_argument("--gates: this build's pipeline does not load a gates file yet");
+  }
+  ldcp::pipelines::PipelineOptions options;
+  options.device = c10::Device(c.device);
+  options.dtype = parse_dtype(c.dtype);
+  options.prefer_fp16_weights = c.fp16_weights;
+  if (c.min_size > c.max_size) throw std::invalid_argument("--min-size exceeds --max-size");
+
+  log_info("loading " + c.model_dir + " on " + c.device + " (" + c.dtype + ")");
+  SdEngine engine(c.model_dir, options);
+  MemoryBudget budget(c.memory_budget.empty() ? 0 : parse_bytes(c.memory_budget),
+                      parse_bytes(c.memory_headroom), [&engine] { return engine.memory(); });
+
+  Metrics metrics;
+  prometheus::Exposer exposer(c.metrics_listen);
+  exposer.RegisterCollectable(metrics.registry());
+  metrics.set_memory(budget.in_use_bytes(), budget.budget_bytes());
+
+  // Calibration: real runs at the configured sizes and levels.
+  CalibrationPlan plan;
+  const int64_t native = engine.native_resolution();
+  plan.sizes = parse_sizes(c.calibrate_sizes);
+  if (plan.sizes.empty()) {
+    const int64_t s = c.default_size > 0 ? c.default_size : native;
+    plan.sizes = {{s, s}};
+  }
+  plan.levels = parse_levels(c.calibrate_levels, "--calibrate-levels");
+  plan.batch_sizes = c.max_batch > 1 ? std::vector<int64_t>{1, 2} : std::vector<int64_t>{1};
+  plan.steps = c.calibrate_steps;
+  plan.sampler = c.default_sampler;
+  CostModel costs;
+  const auto calibrated = calibrate(engine, costs, plan);
+  budget.set_baseline_from_measurement();
+  log_info(strf("memory budget %lld bytes, %lld in use with the model loaded",
+                static_cast<long long>(budget.budget_bytes()),
+                static_cast<long long>(budget.baseline_bytes())));
+
+  SchedulerConfig sc;
+  sc.max_queue = c.max_queue;
+  sc.max_batch = c.max_batch;
+  sc.batch_window = std::chrono::milliseconds(c.batch_window_ms);
+  sc.workers = c.workers;
+  sc.max_level = c.max_level;
+  sc.hysteresis_fraction = c.hysteresis_fraction;
+  sc.hysteresis_decisions = c.hysteresis_decisions;
+  // AUTO's grid: the configured levels, up to the highest level calibration could run.
+  const double top = calibrated.empty() ? 0.0 : calibrated.back();
+  sc.levels.clear();
+  for (double l : parse_levels(c.levels, "--levels")) {
+    if (l <= top + 1e-12) sc.levels.push_back(l);
+  }
+  RequestScheduler scheduler(engine, budget, costs, &metrics, sc);
+  GenerationService service(scheduler, engine, &metrics, RequestLimits::from(c, native));
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(c.listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(c.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(c.max_message_bytes));
+  auto server = builder.BuildAndStart();
+  if (!server || port == 0) throw std::runtime_error("cannot listen on " + c.listen);
+  auto* health = server->GetHealthCheckService();
+  health->SetServingStatus(true);
+  health->SetServingStatus("ldcp.v1.ImageGeneration", true);
+  log_info(strf("serving %s on %s (port %d), metrics on http://%s/metrics",
+                engine.model_name().c_str(), c.listen.c_str(), port, c.metrics_listen.c_str()));
+
+  boost::asio::io_context io;
+  boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+  signals.async_wait([&](const boost::system::error_code& ec, int signo) {
+    if (ec) return;
+    log_info(strf("signal %d: draining (grace period %g s)", signo, c.grace_period_s));
+    health->SetServingStatus(false);
+    scheduler.drain();
+    const auto grace = std::chrono::milliseconds(static_cast<int64_t>(c.grace_period_s * 1000));
+    if (!scheduler.wait_idle(grace)) {
+      log_warn(strf("grace period over with %lld queued and %lld running; stopping them",
+                    static_cast<long long>(scheduler.queue_depth()),
+                    static_cast<long long>(scheduler.running_requests())));
+      scheduler.abort_all("the server is shutting down (grace period over)");
+      scheduler.wait_idle(std::chrono::seconds(10));
+    }
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  });
+  io.run();
+  server->Wait();
+  log_info("stopped");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "ldcp-server: Stable Diffusion 1.5 with learned dynamic channel pruning over gRPC "
+      "(ldcp.v1.ImageGeneration, grpc.health.v1, reflection) with Prometheus metrics.\n"
+      "Every option can also be set through the LDCP_* environment variable shown."};
+  ServerConfig config;
+  add_options(app, config);
+  CLI11_PARSE(app, argc, argv);
+  setup_logging(config.log_level, config.log_format);
+  try {
+    return serve(config);
+  } catch (const std::exception& e) {
+    log_error(e.what());
+    return 1;
+  }
+}

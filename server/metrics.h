@@ -1,0 +1,61 @@
+#pragma once
+// Prometheus metrics of the service (prometheus-cpp registry; main.cpp exposes it on
+// --metrics-listen). Names follow Prometheus conventions; the README lists them.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+namespace ldcp::server {
+
+class Metrics {
+ public:
+  Metrics();
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+  // A finished RPC: method "Generate" or "GenerateStream", status a gRPC code name ("OK",
+  // "INVALID_ARGUMENT", ...), latency from arrival to the response.
+  void request_finished(const std::string& method, const std::string& status, double seconds);
+  void queue_wait(double seconds);
+  void denoising_step(double seconds);
+  // One served request: peak memory of its batch, pruning ratio, the level it ran at.
+  void request_served(int64_t peak_bytes, double pruning_ratio, double level, int64_t images);
+  void batch_started(int64_t requests, int64_t images);
+  void oom_retry();
+  void set_queue_depth(int64_t n);
+  void set_in_flight(int64_t n);
+  void set_memory(int64_t in_use_bytes, int64_t budget_bytes);
+  void set_auto_level(double level);
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Counter>* requests_;
+  prometheus::Family<prometheus::Histogram>* latency_;
+  prometheus::Histogram* queue_wait_;
+  prometheus::Histogram* step_;
+  prometheus::Histogram* peak_memory_;
+  prometheus::Histogram* pruning_ratio_;
+  prometheus::Family<prometheus::Counter>* by_level_;
+  prometheus::Histogram* batch_size_;
+  prometheus::Counter* batches_;
+  prometheus::Counter* images_;
+  prometheus::Counter* oom_retries_;
+  prometheus::Gauge* queue_depth_;
+  prometheus::Gauge* in_flight_;
+  prometheus::Gauge* memory_in_use_;
+  prometheus::Gauge* memory_budget_;
+  prometheus::Gauge* auto_level_;
+};
+
+// "0.30": the label value of a pruning level.
+std::string level_label(double level);
+
+}  // namespace ldcp::server

@@ -1,0 +1,38 @@
+#pragma once
+// The real engine: a StableDiffusionPipeline on one device, and that device's MemoryMeter.
+
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "model/pipelines/pipeline_stable_diffusion.h"
+#include "model/runtime/memory_meter.h"
+#include "server/engine.h"
+
+namespace ldcp::server {
+
+class SdEngine final : public Engine {
+ public:
+  SdEngine(const std::filesystem::path& model_dir, const pipelines::PipelineOptions& options);
+
+  std::string model_name() const override { return name_; }
+  int64_t native_resolution() const override { return pipeline_->native_resolution(); }
+  void validate(const pipelines::GenerationParams& params) const override {
+    pipeline_->validate(params);
+  }
+  bool batchable(const pipelines::GenerationParams& a,
+                 const pipelines::GenerationParams& b) const override {
+    return pipelines::batchable(a, b);
+  }
+  std::vector<pipelines::GenerationResult> run(
+      const std::vector<pipelines::GenerationParams>& requests,
+      const pipelines::StableDiffusionPipeline::BatchStepCallback& callback) override;
+  runtime::MemoryStats memory() const override { return meter_.stats(); }
+
+ private:
+  std::unique_ptr<pipelines::StableDiffusionPipeline> pipeline_;
+  runtime::MemoryMeter meter_;
+  std::string name_;
+};
+
+}  // namespace ldcp::server

@@ -1,0 +1,156 @@
+"""Helpers for the service's integration tests: Python stubs generated from proto/ at run time,
+free loopback ports, an ldcp-server child process, /metrics parsing."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+SOURCE_DIR = Path(os.environ.get("LDCP_SOURCE_DIR", Path(__file__).resolve().parents[2]))
+BINARY_DIR = Path(os.environ.get("LDCP_BINARY_DIR", SOURCE_DIR / "build"))
+
+_stub_dir = None
+
+
+def load_stubs():
+    """Generates ldcp/v1 and returns (ldcp_pb2, ldcp_pb2_grpc)."""
+    global _stub_dir
+    if _stub_dir is None:
+        from grpc_tools import protoc
+        import grpc_tools
+
+        _stub_dir = tempfile.mkdtemp(prefix="ldcp-stubs-")
+        include = str(Path(grpc_tools.__file__).parent / "_proto")
+        rc = protoc.main(["protoc", f"-I{SOURCE_DIR / 'proto'}", f"-I{include}",
+                          f"--python_out={_stub_dir}", f"--grpc_python_out={_stub_dir}",
+                          str(SOURCE_DIR / "proto/ldcp/v1/ldcp.proto")])
+        if rc != 0:
+            raise RuntimeError("protoc failed")
+        sys.path.insert(0, _stub_dir)
+    from ldcp.v1 import ldcp_pb2, ldcp_pb2_grpc
+    return ldcp_pb2, ldcp_pb2_grpc
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tool(name):
+    """Path of a built executable (ldcp-server, ldcp-client, ldcp)."""
+    env = {"ldcp-server": "LDCP_SERVER", "ldcp-client": "LDCP_CLIENT", "ldcp": "LDCP_TOOL"}[name]
+    if os.environ.get(env):
+        return os.environ[env]
+    sub = {"ldcp-server": "server", "ldcp-client": "client", "ldcp": "tools"}[name]
+    return str(BINARY_DIR / sub / name)
+
+
+def demo_model(workdir):
+    """A tiny random-weight model folder (ldcp init-demo-model), made once per work folder."""
+    path = Path(workdir) / "tiny"
+    if not (path / "model_index.json").exists():
+        subprocess.run([tool("ldcp"), "init-demo-model", str(path), "--config", "tiny"],
+                       check=True, stdout=subprocess.DEVNULL, timeout=300)
+    return path
+
+
+class Server:
+    """ldcp-server as a child process on loopback ports."""
+
+    def __init__(self, model, workdir, *args, name="server"):
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.log_path = Path(workdir) / f"{name}.log"
+        cmd = [tool("ldcp-server"), "--model", str(model), "--listen", self.target,
+               "--metrics-listen", f"127.0.0.1:{self.metrics_port}", *map(str, args)]
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout=300):
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ldcp-server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with grpc.insecure_channel(self.target) as ch:
+                    r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
+                                                             timeout=2)
+                    if r.status == health_pb2.HealthCheckResponse.SERVING:
+                        return self
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"ldcp-server not serving after {timeout} s:\n{self.log()}")
+
+    def stop(self, sig=signal.SIGTERM, timeout=120):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def metrics_text(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=10) as r:
+            return r.read().decode()
+
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+(\S+)')
+
+
+def parse_metrics(text):
+    """{(name, frozenset(labels.items())): value} of a Prometheus text exposition."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if not m:
+            continue
+        labels = {}
+        if m.group(3):
+            for part in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3)):
+                labels[part[0]] = part[1]
+        out[(m.group(1), frozenset(labels.items()))] = float(m.group(4))
+    return out
+
+
+def metric(samples, name, **labels):
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def calibration_from_log(log):
+    """{(images, width, height, level): bytes} and the idle baseline, from a server's log."""
+    costs = {}
+    for m in re.finditer(r"calibration: (\d+) image\(s\) (\d+)x(\d+) level ([0-9.]+): peak (\d+)",
+                         log):
+        costs[(int(m.group(1)), int(m.group(2)), int(m.group(3)), float(m.group(4)))] = \
+            int(m.group(5))
+    base = re.search(r"memory budget (\d+) bytes, (\d+) in use", log)
+    return costs, int(base.group(2))
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(data):
+    assert data[:8] == PNG_SIGNATURE, "not a PNG"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
