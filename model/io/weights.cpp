@@ -16,6 +16,7 @@ namespace {
 // What load_state_dict needs of one checkpoint tensor: its shape before any data is read, and
 // a way to read it (so load_component can copy one tensor at a time out of the mapping).
 struct Entry {
+  std::string key;  // as the checkpoint names it (before renaming)
   std::vector<int64_t> shape;
   std::function<at::Tensor()> fetch;
 };
@@ -55,9 +56,11 @@ std::string counted(size_t n, const std::string& singular, const std::string& pl
 // Adds `entry` under the current name of `key`, refusing two checkpoint keys that land on one.
 void add_renamed(Entries& entries, const std::string& key, Entry entry, const std::string& source) {
   const std::string name = rename_legacy_vae_key(key);
-  if (!entries.emplace(name, std::move(entry)).second) {
-    throw WeightLoadError(source + ": keys \"" + key + "\" and \"" + name +
-                          "\" both name the same weight (legacy and current VAE attention names)");
+  auto [it, added] = entries.emplace(name, std::move(entry));
+  if (!added) {
+    throw WeightLoadError(source + ": keys \"" + it->second.key + "\" and \"" + key +
+                          "\" both name the weight \"" + name +
+                          "\" (legacy and current VAE attention names)");
   }
 }
 
@@ -128,7 +131,7 @@ void add_file_entries(OpenedWeights& out, const std::shared_ptr<SafetensorsFile>
                       const std::vector<std::string>& names, const std::string& source,
                       bool rename) {
   for (const auto& name : names) {
-    Entry entry{file->info(name).shape, [file, name] { return file->tensor(name); }};
+    Entry entry{name, file->info(name).shape, [file, name] { return file->tensor(name); }};
     if (rename) {
       add_renamed(out.entries, name, std::move(entry), source);
     } else {
@@ -263,13 +266,16 @@ std::string rename_legacy_vae_key(const std::string& key) {
 
 TensorMap rename_legacy_vae_keys(TensorMap tensors) {
   TensorMap out;
+  std::map<std::string, std::string> origin;  // new name -> checkpoint key
   for (auto& [key, tensor] : tensors) {
     const std::string name = rename_legacy_vae_key(key);
-    if (!out.emplace(name, std::move(tensor)).second) {
-      throw WeightLoadError("keys \"" + key + "\" and \"" + name +
-                            "\" both name the same weight (legacy and current VAE attention "
-                            "names)");
+    auto [it, added] = origin.emplace(name, key);
+    if (!added) {
+      throw WeightLoadError("keys \"" + it->second + "\" and \"" + key +
+                            "\" both name the weight \"" + name +
+                            "\" (legacy and current VAE attention names)");
     }
+    out.emplace(name, std::move(tensor));
   }
   return out;
 }
@@ -279,7 +285,7 @@ void load_state_dict(torch::nn::Module& module, const TensorMap& tensors, const 
   Entries entries;
   for (const auto& [name, tensor] : tensors) {
     if (!tensor.defined()) throw WeightLoadError(source + ": tensor \"" + name + "\" is undefined");
-    entries.emplace(name, Entry{tensor.sizes().vec(), [tensor] { return tensor; }});
+    entries.emplace(name, Entry{name, tensor.sizes().vec(), [tensor] { return tensor; }});
   }
   load_entries(module, entries, source, options);
 }

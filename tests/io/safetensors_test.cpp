@@ -514,7 +514,7 @@ TEST(SafetensorsFuzz, MutatedFilesOnlyThrowSafetensorsError) {
 
   std::mt19937_64 rng(20240607);
   int accepted = 0, rejected = 0;
-  for (int iteration = 0; iteration < 3000; ++iteration) {
+  for (int iteration = 0; iteration < 2000; ++iteration) {
     std::string bytes = original;
     switch (rng() % 5) {
       case 0:  // flip bits in the length field or the header
@@ -554,8 +554,8 @@ TEST(SafetensorsFuzz, MutatedFilesOnlyThrowSafetensorsError) {
       FAIL() << "iteration " << iteration << ": unexpected exception " << e.what();
     }
   }
-  EXPECT_GT(rejected, 1000);  // most mutations break the file
-  EXPECT_GT(accepted, 0);     // some (e.g. digit swaps in metadata) do not
+  EXPECT_GT(rejected, 700) << accepted << " accepted";  // most mutations break the file
+  EXPECT_GT(accepted, 0);  // some (e.g. digit swaps in metadata) do not
 }
 
 }  // namespace

@@ -328,14 +328,29 @@ TEST(LegacyVaeKeys, RenamesOnlyAttentionBlockKeys) {
   for (const auto& [legacy, current] : cases) EXPECT_EQ(rename_legacy_vae_key(legacy), current);
 
   TensorMap tensors;
-  for (const auto& [legacy, current] : cases) tensors.emplace(legacy, at::ones({1}));
+  for (const auto& [legacy, current] : cases) {
+    // The already-current to_q key would clash with the renamed query key (tested below).
+    if (legacy != "encoder.mid_block.attentions.0.to_q.weight") {
+      tensors.emplace(legacy, at::ones({1}));
+    }
+  }
   const auto renamed = rename_legacy_vae_keys(tensors);
   EXPECT_EQ(renamed.size(), tensors.size());
-  for (const auto& [legacy, current] : cases) EXPECT_TRUE(renamed.count(current)) << current;
+  for (const auto& [legacy, current] : cases) {
+    if (tensors.count(legacy)) {
+      EXPECT_TRUE(renamed.count(current)) << current;
+    }
+  }
 
   TensorMap clash{{"a.attentions.0.query.weight", at::ones({1})},
                   {"a.attentions.0.to_q.weight", at::ones({1})}};
-  EXPECT_THROW(rename_legacy_vae_keys(clash), WeightLoadError);
+  try {
+    rename_legacy_vae_keys(clash);
+    ADD_FAILURE() << "no WeightLoadError";
+  } catch (const WeightLoadError& e) {
+    EXPECT_NE(std::string(e.what()).find("a.attentions.0.query.weight"), std::string::npos)
+        << e.what();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
