@@ -21,11 +21,15 @@ class Scheduler {
 
   // As diffusers' set_timesteps(num_inference_steps): fills timesteps() (and sigmas).
   virtual void set_timesteps(int64_t num_inference_steps) = 0;
-  // 1-D CPU tensor of the timesteps in the order the pipeline runs them (float64 or int64, as
-  // the reference: Euler-type samplers use fractional timesteps).
+  // 1-D CPU tensor of the timesteps in the order the pipeline runs them, in the reference's
+  // dtype: int64 (PNDM, DDIM, DPM-Solver) or float32 (Euler types: fractional timesteps).
+  // Each element is what step() and scale_model_input() expect as `timestep`.
   virtual at::Tensor timesteps() const = 0;
+  // The float32 sigma schedule (one more entry than timesteps(), ending at the final sigma) of
+  // the samplers that have one (Euler types, DPM-Solver); undefined for the others.
+  virtual at::Tensor sigmas() const { return {}; }
   // The noise scale of the initial latents (1 for DDPM-type samplers, sigma_max-based for
-  // Euler-type ones).
+  // Euler-type ones): the float32 value diffusers multiplies the latents with.
   virtual double init_noise_sigma() const = 0;
   // Scales the denoising model input at `timestep` (identity for most samplers).
   virtual at::Tensor scale_model_input(const at::Tensor& sample, const at::Tensor& timestep) = 0;
@@ -34,6 +38,7 @@ class Scheduler {
   // draw noise exactly as diffusers' randn_tensor does on the CPU.
   virtual at::Tensor step(const at::Tensor& model_output, const at::Tensor& timestep,
                           const at::Tensor& sample, std::optional<at::Generator> generator) = 0;
+  // The diffusers class this sampler reproduces, e.g. "DPMSolverMultistepScheduler".
   virtual std::string name() const = 0;
 };
 
@@ -42,10 +47,16 @@ struct SamplerOptions {
 };
 
 // The sampler names the tools and the API accept, in a stable order.
-const std::vector<std::string>& sampler_names();  // pndm, ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras
+const std::vector<std::string>&
+sampler_names();  // pndm, ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras
 
 // Builds the named sampler from a scheduler_config.json (whatever class it was written for,
-// as diffusers' `from_config` does). Throws std::invalid_argument for an unknown name.
+// as diffusers' `Class.from_config(config)`: keys the class does not know are ignored, absent
+// ones take the class's defaults). pndm: PNDMScheduler, ddim: DDIMScheduler (options.eta),
+// euler: EulerDiscreteScheduler, euler_a: EulerAncestralDiscreteScheduler, dpmpp_2m[_karras]:
+// DPMSolverMultistepScheduler with algorithm_type="dpmsolver++", solver_order=2 and
+// use_karras_sigmas=false/true. Throws std::invalid_argument for an unknown name (listing the
+// known ones) and io::ConfigError for config values the class rejects.
 std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const nlohmann::json& config,
                                           const SamplerOptions& options = {});
 
