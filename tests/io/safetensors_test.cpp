@@ -510,11 +510,15 @@ TEST(SafetensorsFuzz, MutatedFilesOnlyThrowSafetensorsError) {
   const std::string original = read_bytes(source);
   uint64_t header_size = 0;
   std::memcpy(&header_size, original.data(), 8);
-  const auto path = dir / "mutated.safetensors";
+  // LDCP_IO_FUZZ_ITERATIONS raises the count for longer runs (e.g. under valgrind: smaller).
+  const char* iterations_env = std::getenv("LDCP_IO_FUZZ_ITERATIONS");
+  const int iterations = iterations_env != nullptr ? std::atoi(iterations_env) : 2000;
 
   std::mt19937_64 rng(20240607);
   int accepted = 0, rejected = 0;
-  for (int iteration = 0; iteration < 2000; ++iteration) {
+  for (int iteration = 0; iteration < iterations; ++iteration) {
+    // A new file each time: rewriting one file in place makes ext4 flush it on every close.
+    const auto path = dir / ("mutated-" + std::to_string(iteration) + ".safetensors");
     std::string bytes = original;
     switch (rng() % 5) {
       case 0:  // flip bits in the length field or the header
@@ -553,9 +557,13 @@ TEST(SafetensorsFuzz, MutatedFilesOnlyThrowSafetensorsError) {
     } catch (const std::exception& e) {
       FAIL() << "iteration " << iteration << ": unexpected exception " << e.what();
     }
+    fs::remove(path);
   }
-  EXPECT_GT(rejected, 700) << accepted << " accepted";  // most mutations break the file
-  EXPECT_GT(accepted, 0);  // some (e.g. digit swaps in metadata) do not
+  // Most mutations break the file; some (e.g. a changed metadata letter) do not.
+  EXPECT_GT(rejected, iterations / 3) << accepted << " accepted";
+  if (iterations >= 100) {
+    EXPECT_GT(accepted, 0) << rejected << " rejected";
+  }
 }
 
 }  // namespace
