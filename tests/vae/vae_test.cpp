@@ -67,7 +67,9 @@ TEST_P(VaeParity, ParameterNamesEqualCheckpointKeys) {
   for (const auto& item : vae->named_parameters()) {
     module_keys.insert(item.key());
     auto it = checkpoint.find(item.key());
-    if (it != checkpoint.end()) EXPECT_EQ(item.value().sizes(), it->second.sizes()) << item.key();
+    if (it != checkpoint.end()) {
+      EXPECT_EQ(item.value().sizes(), it->second.sizes()) << item.key();
+    }
   }
   for (const auto& [key, value] : checkpoint) checkpoint_keys.insert(key);
   EXPECT_EQ(module_keys, checkpoint_keys);
@@ -146,12 +148,25 @@ TEST(Vae, LegacyAttentionKeys) {
   EXPECT_ALLCLOSE(vae->encode(ref(refs, "image")).mean, ref(refs, "mean"));
 }
 
+// tiny-a-fp16 holds tiny-a's weights as .fp16.safetensors only: they load into the float32
+// module and decode as tiny-a does, up to the weights' float16 rounding.
+TEST(Vae, LoadsFloat16Weights) {
+  torch::NoGradGuard no_grad;
+  auto vae = load_vae(parity_model("tiny-a-fp16") / "vae");
+  EXPECT_EQ(vae->decoder->conv_out->weight.scalar_type(), torch::kFloat32);
+  const auto refs = load_ref("tiny-a");
+  const auto decoded = vae->decode(ref(refs, "latents_a"));
+  EXPECT_ALLCLOSE(decoded, ref(refs, "decoded_a"), 2e-2);
+  EXPECT_FALSE(decoded.equal(ref(refs, "decoded_a")));
+}
+
 TEST(Vae, DecodeTiledMatchesDecodeWhenOneTileCoversAll) {
   torch::NoGradGuard no_grad;
   auto vae = load_vae(parity_model("tiny-a") / "vae");
   const auto refs = load_ref("tiny-a");
   const auto& latents = ref(refs, "latents_b");  // [2, 4, 9, 7]
-  EXPECT_ALLCLOSE(vae->decode_tiled(latents, 9, 0.25), ref(refs, "decoded_b"));
+  // Tiles of 12 latents start every int(12 * 0.75) = 9: a single tile, cropped to 9 * 8 pixels.
+  EXPECT_ALLCLOSE(vae->decode_tiled(latents, 12, 0.25), ref(refs, "decoded_b"));
   EXPECT_THROW(vae->decode_tiled(latents, 0, 0.25), std::invalid_argument);
   EXPECT_THROW(vae->decode_tiled(latents, 4, 1.0), std::invalid_argument);
 }
