@@ -45,12 +45,27 @@ void CostModel::add_measurement(int64_t images, int64_t width, int64_t height, d
       static_cast<double>(std::max<int64_t>(0, bytes));
 }
 
+int64_t CostModel::nearest_size_unlocked(int64_t pixels) const {
+  // The nearest measured size (ties: the larger, which is the conservative one).
+  int64_t best = -1;
+  for (const auto& [key, pts] : points_) {
+    const int64_t s = std::get<0>(key);
+    if (best < 0 || std::llabs(s - pixels) <= std::llabs(best - pixels)) best = s;
+  }
+  return best;
+}
+
 void CostModel::observe(int64_t images, int64_t width, int64_t height, double level,
                         int64_t bytes) {
   std::lock_guard lock(mu_);
-  auto& slot = points_[{width * height, milli(level)}];
+  // Observations refine the measured sizes only (scaled by pixels), so that one request at an
+  // unusual size cannot create a sparse size of its own that overrides the calibration.
+  const int64_t pixels = width * height;
+  const int64_t size = points_.empty() ? pixels : nearest_size_unlocked(pixels);
+  const double b = static_cast<double>(std::max<int64_t>(0, bytes)) * static_cast<double>(size) /
+                   static_cast<double>(pixels);
+  auto& slot = points_[{size, milli(level)}];
   auto it = slot.find(images);
-  const double b = static_cast<double>(std::max<int64_t>(0, bytes));
   if (it == slot.end() || b > it->second) {
     slot[images] = b;
   } else {
@@ -60,11 +75,14 @@ void CostModel::observe(int64_t images, int64_t width, int64_t height, double le
 
 void CostModel::observe_oom(int64_t images, int64_t width, int64_t height, double level,
                             int64_t available_bytes) {
-  std::lock_guard lock(mu_);
   const double at_least = 1.25 * static_cast<double>(std::max<int64_t>(1, available_bytes));
-  const double current =
-      points_.empty() ? 0.0 : static_cast<double>(estimate_unlocked(images, width, height, level));
-  points_[{width * height, milli(level)}][images] = std::max(at_least, current);
+  int64_t current = 0;
+  {
+    std::lock_guard lock(mu_);
+    if (!points_.empty()) current = estimate_unlocked(images, width, height, level);
+  }
+  observe(images, width, height, level,
+          static_cast<int64_t>(std::max(at_least, static_cast<double>(current))));
 }
 
 bool CostModel::empty() const {
@@ -98,13 +116,7 @@ int64_t CostModel::estimate_unlocked(int64_t images, int64_t width, int64_t heig
                                      double level) const {
   if (points_.empty()) throw std::logic_error("the memory cost model has no measurements");
   const int64_t pixels = width * height;
-  std::set<int64_t> sizes;
-  for (const auto& [key, pts] : points_) sizes.insert(std::get<0>(key));
-  // The nearest measured size (ties: the larger, which is the conservative one).
-  int64_t best = *sizes.begin();
-  for (int64_t s : sizes) {
-    if (std::llabs(s - pixels) <= std::llabs(best - pixels)) best = s;
-  }
+  const int64_t best = nearest_size_unlocked(pixels);
   double bytes = static_cast<double>(estimate_at(best, milli(level), images));
   bytes *= static_cast<double>(pixels) / static_cast<double>(best);
   return std::llround(bytes * (1.0 + margin_));

@@ -25,7 +25,8 @@ class CostModel {
   // A measured peak (bytes above the baseline) of a batch of `images` images.
   void add_measurement(int64_t images, int64_t width, int64_t height, double level, int64_t bytes);
   // A served batch's measured peak: raises the stored cost at once when it was underestimated,
-  // otherwise moves it a quarter of the way towards the measurement.
+  // otherwise moves it a quarter of the way towards the measurement. Stored at the nearest
+  // measured size, scaled by the pixel count.
   void observe(int64_t images, int64_t width, int64_t height, double level, int64_t bytes);
   // An allocation failed at this point although `available_bytes` were free: the cost is at
   // least that much more.
@@ -40,6 +41,7 @@ class CostModel {
 
  private:
   using Key = std::tuple<int64_t, int64_t>;  // (pixels, level in 1/1000)
+  int64_t nearest_size_unlocked(int64_t pixels) const;
   int64_t estimate_at(int64_t pixels, int64_t level_milli, int64_t images) const;
   int64_t estimate_unlocked(int64_t images, int64_t width, int64_t height, double level) const;
 

@@ -43,6 +43,16 @@ TEST(CostModel, RefinesFromObservations) {
   EXPECT_THROW(CostModel().estimate(1, 8, 8, 0), std::logic_error);
 }
 
+TEST(CostModel, ObservationsAtOtherSizesRefineTheNearestMeasuredSize) {
+  CostModel m(0.0);
+  m.add_measurement(1, 64, 64, 0.0, 1000);
+  m.add_measurement(1, 64, 64, 0.5, 500);
+  m.observe(1, 128, 64, 0.0, 3000);  // 1500 per 64x64
+  EXPECT_EQ(m.estimate(1, 64, 64, 0.0), 1500);
+  EXPECT_EQ(m.estimate(1, 128, 64, 0.0), 3000);
+  EXPECT_EQ(m.estimate(1, 128, 64, 0.5), 1000);  // other levels keep their measurements
+}
+
 TEST(MemoryBudget, FromDeviceLessHeadroomAndFreeBytes) {
   runtime::MemoryStats stats;
   stats.allocated_bytes = 3000;
