@@ -13,6 +13,8 @@ holds get_timestep_embedding for non-SD settings (odd width, no flip, shift 1).
 Two more U-Nets exercise the config options the SD-like tiny models leave at their defaults
 (per-block lists, only_cross_attention, no mid block, kernel sizes, ...): they are written with
 save_pretrained to DIR/ref/unet/models/V/unet, with references in DIR/ref/unet/V.safetensors.
+DIR/ref/unet/sd15-architecture/ holds the SD1.5 U-Net's config.json and its state_dict's
+shapes (shapes.json), without weights.
 """
 
 import torch
@@ -55,6 +57,26 @@ VARIANTS = {
         norm_num_groups=4, cross_attention_dim=24, mid_block_type=None, only_cross_attention=True,
         use_linear_projection=True),
 }
+
+# The stable-diffusion-v1-5 U-Net config (as make_sd15_model.py builds it): only its parameter
+# names and shapes are recorded (built on the meta device, no weights), for the C++ module tree.
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                      "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1,
+    mid_block_scale_factor=1, act_fn="silu", norm_num_groups=32, norm_eps=1e-5,
+    cross_attention_dim=768, attention_head_dim=8,
+)
+
+
+def write_sd15_architecture(out_dir) -> None:
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD15_UNET)
+    unet.save_config(out_dir / "sd15-architecture")
+    shapes = {name: list(p.shape) for name, p in unet.state_dict().items()}
+    save_json(out_dir / "sd15-architecture" / "shapes.json", shapes)
 
 
 def make_variant(name: str, out_dir) -> None:
@@ -140,6 +162,7 @@ def main() -> None:
         cases[name] = run_model(name, out_dir / "models" / name / "unet", out_dir, VARIANT_CASES,
                                 seed=20240701 + i)
     save_json(out_dir / "cases.json", cases)
+    write_sd15_architecture(out_dir)
 
     timesteps = torch.tensor([0.0, 1.0, 17.5, 999.0])
     save_tensors(out_dir / "timestep_embedding.safetensors", {

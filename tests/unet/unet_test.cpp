@@ -169,6 +169,25 @@ INSTANTIATE_TEST_SUITE_P(Models, UNetPartsTest, ::testing::Values("tiny-a", "tin
                            return name;
                          });
 
+// The real SD1.5 U-Net configuration builds exactly diffusers' module tree: the same parameter
+// names and shapes (about 860 M parameters: 3.4 GB for the few seconds this test runs).
+TEST(UNetArchitecture, SD15MatchesDiffusersNamesAndShapes) {
+  const auto dir = ref_dir() / "sd15-architecture";
+  const auto config =
+      UNet2DConditionConfig::from_json(ldcp::io::read_json_file(dir / "config.json"));
+  const auto shapes = ldcp::io::read_json_file(dir / "shapes.json");
+  UNet2DConditionModel unet(config);
+  std::set<std::string> expected;
+  for (const auto& [key, value] : shapes.items()) expected.insert(key);
+  const auto actual = module_keys(*unet);
+  EXPECT_EQ(actual, expected) << describe_difference(actual, expected);
+  for (const auto& item : unet->named_parameters()) {
+    if (!shapes.contains(item.key())) continue;
+    EXPECT_EQ(item.value().sizes().vec(), shapes.at(item.key()).get<std::vector<int64_t>>())
+        << item.key();
+  }
+}
+
 TEST(TimestepEmbedding, MatchesDiffusersForOtherSettings) {
   const auto ref = ldcp::io::load_safetensors(ref_dir() / "timestep_embedding.safetensors");
   const auto& t = ref.at("timesteps");
