@@ -121,6 +121,7 @@ struct GenerateOptions {
   std::string prompt, negative_prompt, sampler, request_id, pruning = "auto", per_step_levels;
   uint32_t width = 0, height = 0, steps = 0, num_images = 0, preview_every = 0;
   std::optional<double> guidance, level, max_level;
+  double eta = 0, guidance_rescale = 0;
   std::optional<uint64_t> seed;
   int32_t priority = 0;
   double timeout_s = 600;
@@ -137,6 +138,8 @@ int generate(const GenerateOptions& o) {
   req.set_steps(o.steps);
   if (o.guidance) req.set_guidance_scale(*o.guidance);
   req.set_sampler(o.sampler);
+  req.set_eta(o.eta);
+  req.set_guidance_rescale(o.guidance_rescale);
   if (o.seed) req.set_seed(*o.seed);
   req.set_num_images(o.num_images);
   req.set_request_id(o.request_id);
@@ -253,6 +256,8 @@ int main(int argc, char** argv) {
   gen->add_option("--guidance", g.guidance, "Guidance scale (default 7.5)");
   gen->add_option("--sampler", g.sampler,
                   "pndm, ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras (default: the server's)");
+  gen->add_option("--eta", g.eta, "DDIM eta, in [0, 1]");
+  gen->add_option("--guidance-rescale", g.guidance_rescale, "Guidance rescale, in [0, 1]");
   gen->add_option("--seed", g.seed, "Seed (default: random, chosen by the server and printed)");
   gen->add_option("--num-images", g.num_images, "Images for this prompt");
   gen->add_option("--pruning", g.pruning, "auto, off or fixed")

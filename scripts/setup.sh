@@ -21,6 +21,7 @@ APT_PACKAGES=(
   prometheus-cpp-dev libspdlog-dev libfmt-dev libboost-dev libboost-system-dev
   nlohmann-json3-dev libcli11-dev libpng-dev libicu-dev zlib1g-dev
   libgtest-dev libgmock-dev
+  prometheus
 )
 
 missing=()

@@ -110,8 +110,10 @@ int serve(const ServerConfig& c) {
   auto* health = server->GetHealthCheckService();
   health->SetServingStatus(true);
   health->SetServingStatus("ldcp.v1.ImageGeneration", true);
-  log_info(strf("serving %s on %s (port %d), metrics on http://%s/metrics",
-                engine.model_name().c_str(), c.listen.c_str(), port, c.metrics_listen.c_str()));
+  const auto metrics_ports = exposer.GetListeningPorts();
+  log_info(strf("serving %s on %s (port %d), metrics on %s (port %d) /metrics",
+                engine.model_name().c_str(), c.listen.c_str(), port, c.metrics_listen.c_str(),
+                metrics_ports.empty() ? 0 : metrics_ports.front()));
 
   boost::asio::io_context io;
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);

@@ -85,11 +85,23 @@ std::string request_to_job(const v1::GenerateRequest& r, const RequestLimits& li
   } else {
     p.guidance_scale = 7.5;
   }
+  if (!std::isfinite(r.guidance_rescale()) || r.guidance_rescale() < 0.0 ||
+      r.guidance_rescale() > 1.0) {
+    return "guidance_rescale: must be in [0, 1], got " + fmt_num(r.guidance_rescale());
+  }
+  p.guidance_rescale = r.guidance_rescale();
   p.sampler = r.sampler().empty() ? lim.default_sampler : r.sampler();
   const auto& names = schedulers::sampler_names();
   if (std::find(names.begin(), names.end(), p.sampler) == names.end()) {
     return "sampler: must be one of " + join(names) + ", got '" + r.sampler() + "'";
   }
+  if (!std::isfinite(r.eta()) || r.eta() < 0.0 || r.eta() > 1.0) {
+    return "eta: must be in [0, 1], got " + fmt_num(r.eta());
+  }
+  if (r.eta() != 0.0 && p.sampler != "ddim") {
+    return "eta: only the ddim sampler takes eta (must be 0 for " + p.sampler + ")";
+  }
+  p.eta = r.eta();
   p.seed = r.has_seed() ? r.seed() : random_seed;
   const int64_t images = r.num_images() == 0 ? 1 : static_cast<int64_t>(r.num_images());
   if (images < 1 || images > lim.max_images) {
