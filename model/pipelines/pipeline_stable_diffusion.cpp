@@ -1,6 +1,7 @@
 #include "model/pipelines/pipeline_stable_diffusion.h"
 
 #include <cmath>
+#include <map>
 #include <stdexcept>
 
 #include <torch/torch.h>
@@ -10,6 +11,8 @@
 #include "model/io/model_folder.h"
 #include "model/models/autoencoders/autoencoder_kl.h"
 #include "model/models/unets/unet_2d_condition.h"
+#include "model/pruning/unet_pruner.h"
+#include "model/runtime/flop_counter.h"
 #include "model/runtime/memory_meter.h"
 #include "model/schedulers/scheduler.h"
 
@@ -49,6 +52,8 @@ struct StableDiffusionPipeline::Parts {
   models::UNet2DConditionModel unet{nullptr};
   models::AutoencoderKL vae{nullptr};
   nlohmann::json scheduler_config;
+  std::unique_ptr<pruning::UNetPruner> pruner;
+  std::map<std::pair<int64_t, int64_t>, int64_t> unet_macs;  // (h, w) latent -> per sample
 };
 
 StableDiffusionPipeline::StableDiffusionPipeline(std::unique_ptr<Parts> parts)
@@ -67,9 +72,11 @@ std::unique_ptr<StableDiffusionPipeline> StableDiffusionPipeline::load(
   parts->folder = io::ModelFolder::open(model_dir);
   parts->tokenizer =
       std::make_unique<clip::ClipTokenizer>(clip::ClipTokenizer::from_folder(parts->folder.tokenizer));
-  parts->text_encoder = clip::load_clip_text_model(parts->folder.text_encoder);
-  parts->unet = models::load_unet(parts->folder.unet);
-  parts->vae = models::load_vae(parts->folder.vae);
+  io::LoadOptions load_options;
+  load_options.prefer_fp16 = options.prefer_fp16_weights;
+  parts->text_encoder = clip::load_clip_text_model(parts->folder.text_encoder, load_options);
+  parts->unet = models::load_unet(parts->folder.unet, load_options);
+  parts->vae = models::load_vae(parts->folder.vae, load_options);
   parts->scheduler_config = parts->folder.scheduler_config();
   for (torch::nn::Module* module :
        {static_cast<torch::nn::Module*>(parts->text_encoder.get()),
@@ -78,6 +85,20 @@ std::unique_ptr<StableDiffusionPipeline> StableDiffusionPipeline::load(
     module->eval();
     module->to(options.device, options.dtype);
   }
+  // Gates on every ResNet block and feed-forward, units reordered once by importance: level 0
+  // computes the full model; other levels slice a prefix of each layer.
+  pruning::GateScores scores;
+  if (!options.gates_file.empty()) {
+    scores = pruning::load_gate_scores(options.gates_file);
+  } else if (options.score_source == "random") {
+    scores = pruning::random_scores(*parts->unet, options.random_scores_seed);
+  } else if (options.score_source == "magnitude") {
+    scores = pruning::magnitude_scores(*parts->unet);
+  } else {
+    throw std::invalid_argument("score source \"" + options.score_source +
+                                "\" needs a gates file (known without one: magnitude, random)");
+  }
+  parts->pruner = std::make_unique<pruning::UNetPruner>(*parts->unet, scores);
   return std::unique_ptr<StableDiffusionPipeline>(new StableDiffusionPipeline(std::move(parts)));
 }
 
@@ -86,7 +107,17 @@ int64_t StableDiffusionPipeline::vae_scale_factor() const {
 }
 
 int64_t StableDiffusionPipeline::native_resolution() const {
-  return parts_->unet->config().sample_size * vae_scale_factor();
+  const auto& sample_size = parts_->unet->config().sample_size;
+  return (sample_size ? sample_size->first : 64) * vae_scale_factor();
+}
+
+models::UNet2DConditionModelImpl& StableDiffusionPipeline::unet() { return *parts_->unet; }
+pruning::UNetPruner& StableDiffusionPipeline::pruner() { return *parts_->pruner; }
+
+int64_t StableDiffusionPipeline::unet_macs_per_sample(int64_t latent_height,
+                                                      int64_t latent_width) const {
+  auto it = parts_->unet_macs.find({latent_height, latent_width});
+  return it == parts_->unet_macs.end() ? 0 : it->second;
 }
 
 const PipelineOptions& StableDiffusionPipeline::options() const { return parts_->options; }
@@ -108,6 +139,7 @@ void StableDiffusionPipeline::validate(const GenerationParams& p) const {
           "guidance_rescale must be in [0, 1]");
   require(std::isfinite(p.eta) && p.eta >= 0, "eta must be a finite number >= 0");
   require(p.num_images >= 1, "num_images must be at least 1, got " + std::to_string(p.num_images));
+  p.pruning.validate();
   const auto& names = schedulers::sampler_names();
   if (std::find(names.begin(), names.end(), p.sampler) == names.end()) {
     std::string known;
@@ -202,10 +234,18 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
 
   const auto denoise_start = Clock::now();
   const int64_t num_steps = timesteps.size(0);
+  const std::pair<int64_t, int64_t> latent_size{first.height / scale, first.width / scale};
+  std::map<double, pruning::LevelPlan> plans;
+  double channel_fraction_sum = 0, macs_fraction_sum = 0;
+  int64_t steps_run = 0;
   for (int64_t i = 0; i < num_steps; ++i) {
     const auto t = timesteps[i];
     const double t_value = t.item<double>();
     const double level = first.pruning.level_at(i, t_value);
+    auto plan_it = plans.find(level);
+    if (plan_it == plans.end()) plan_it = plans.emplace(level, parts_->pruner->plan(level)).first;
+    const auto& plan = plan_it->second;
+    parts_->pruner->apply(plan);
     std::vector<at::Tensor> inputs, embeddings;
     std::vector<size_t> active;
     for (size_t r = 0; r < count; ++r) {
@@ -217,8 +257,26 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
       embeddings.push_back(slot.embeddings);
     }
     if (active.empty()) break;
-    auto noise_all = parts_->unet->forward(torch::cat(inputs), t.to(opts.device),
-                                           torch::cat(embeddings));
+    auto batch_input = torch::cat(inputs);
+    at::Tensor noise_all;
+    auto macs_it = parts_->unet_macs.find(latent_size);
+    if (macs_it == parts_->unet_macs.end()) {
+      // Count the operators of the first forward at this size: what ran plus what the plan
+      // dropped is the full U-Net's cost.
+      runtime::FlopCounter counter;
+      noise_all = parts_->unet->forward(batch_input, t.to(opts.device), torch::cat(embeddings));
+      const int64_t batch = batch_input.size(0);
+      const int64_t full = counter.macs() / batch + parts_->pruner->dropped_macs_last_forward(plan);
+      macs_it = parts_->unet_macs.emplace(latent_size, full).first;
+    } else {
+      noise_all = parts_->unet->forward(batch_input, t.to(opts.device), torch::cat(embeddings));
+    }
+    ++steps_run;
+    channel_fraction_sum += plan.dropped_channel_fraction;
+    macs_fraction_sum += macs_it->second > 0
+                             ? static_cast<double>(parts_->pruner->dropped_macs_last_forward(plan)) /
+                                   static_cast<double>(macs_it->second)
+                             : 0.0;
     int64_t offset = 0;
     for (size_t k = 0; k < active.size(); ++k) {
       const size_t r = active[k];
@@ -243,6 +301,7 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
     }
   }
   const double denoising_s = seconds_since(denoise_start);
+  parts_->pruner->reset();
 
   // One image at a time: the decoder's activations at full resolution dominate a request's
   // peak memory, and they scale with the batch.
@@ -266,6 +325,10 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
     result.timings.total_s = total_s;
     result.peak_memory_bytes = memory.peak_allocated_bytes;
     result.peak_memory_above_weights_bytes = memory.peak_allocated_bytes - baseline_bytes;
+    if (steps_run > 0) {
+      result.pruned_channel_fraction = channel_fraction_sum / static_cast<double>(steps_run);
+      result.pruned_flops_fraction = macs_fraction_sum / static_cast<double>(steps_run);
+    }
   }
   return results;
 }

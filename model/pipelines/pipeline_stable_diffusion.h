@@ -19,6 +19,13 @@
 
 #include "model/pruning/pruning_schedule.h"
 
+namespace ldcp::models {
+class UNet2DConditionModelImpl;
+}
+namespace ldcp::pruning {
+class UNetPruner;
+}
+
 namespace ldcp::pipelines {
 
 struct GenerationParams {
@@ -69,6 +76,11 @@ struct PipelineOptions {
   c10::Device device = c10::kCPU;
   c10::ScalarType dtype = c10::kFloat;  // kFloat, kHalf or kBFloat16
   bool prefer_fp16_weights = false;     // load *.fp16.safetensors variants when present
+  // Importance scores of the U-Net's gated units: a gates file (ldcp train-gates), else the
+  // weight-magnitude scores, or "random" ones (a control for comparisons).
+  std::filesystem::path gates_file;
+  std::string score_source = "magnitude";  // when no gates file: "magnitude" or "random"
+  uint64_t random_scores_seed = 0;
 };
 
 class StableDiffusionPipeline {
@@ -102,6 +114,12 @@ class StableDiffusionPipeline {
   // The size the model was trained at (unet sample_size x vae_scale_factor), diffusers' default.
   int64_t native_resolution() const;
   const PipelineOptions& options() const;
+  // The U-Net and its pruning machinery (levels, plans, gates), for tools that measure them.
+  models::UNet2DConditionModelImpl& unet();
+  pruning::UNetPruner& pruner();
+  // U-Net MACs of one batch element at a latent size, measured by counting the operators of
+  // one forward pass (cached per size); 0 until a step at that size has run.
+  int64_t unet_macs_per_sample(int64_t latent_height, int64_t latent_width) const;
   const std::filesystem::path& model_dir() const;
 
  private:
