@@ -184,7 +184,20 @@ TEST(Safetensors, TensorsOutliveTheFile) {
 // ---------------------------------------------------------------------------------------------
 // Interoperability with the reference package
 
-fs::path python_script() { return ldcp::testing::source_dir() / "tests/parity/ref_io.py"; }
+std::string shell_quote(const std::string& text) { return "'" + text + "'"; }
+
+// Runs tests/parity/ref_io.py (the reference safetensors package) with `arguments`.
+void run_reference_script(const std::string& arguments) {
+  const std::string command =
+      shell_quote(LDCP_TEST_PYTHON) + " " + shell_quote(LDCP_TEST_REF_IO_SCRIPT) + " " + arguments;
+  ASSERT_EQ(std::system(command.c_str()), 0) << command;
+}
+
+nlohmann::json read_json(const fs::path& path) {
+  std::ifstream in(path);
+  EXPECT_TRUE(in) << path;
+  return nlohmann::json::parse(in);
+}
 
 void expect_matches_dump(const TensorMap& tensors, const Metadata& metadata,
                          const nlohmann::json& dump) {
@@ -199,10 +212,9 @@ void expect_matches_dump(const TensorMap& tensors, const Metadata& metadata,
 }
 
 TEST(SafetensorsPython, FileWrittenByPythonLoads) {
-  const auto dir = ldcp::testing::parity_dir() / "ref" / "io";
-  std::ifstream dump_file(dir / "python_written.json");
-  ASSERT_TRUE(dump_file) << "run through ctest (fixture parity_io)";
-  const auto dump = nlohmann::json::parse(dump_file);
+  const auto dir = temp_dir("st-from-py");
+  ASSERT_NO_FATAL_FAILURE(run_reference_script("--write " + shell_quote(dir.string())));
+  const auto dump = read_json(dir / "python_written.json");
   SafetensorsFile file(dir / "python_written.safetensors");
   TensorMap tensors;
   for (const auto& name : file.names()) {
@@ -228,11 +240,9 @@ TEST(SafetensorsPython, FileWrittenByCppLoadsInPython) {
   save_safetensors(path, tensors, metadata);
 
   const auto out = dir / "dump.json";
-  const std::string command = std::string(LDCP_TEST_PYTHON) + " " + python_script().string() +
-                              " --dump " + path.string() + " --out " + out.string();
-  ASSERT_EQ(std::system(command.c_str()), 0) << command;
-  std::ifstream dump_file(out);
-  const auto dump = nlohmann::json::parse(dump_file);
+  ASSERT_NO_FATAL_FAILURE(run_reference_script("--dump " + shell_quote(path.string()) + " --out " +
+                                               shell_quote(out.string())));
+  const auto dump = read_json(out);
   expect_matches_dump(tensors, metadata, dump);
   for (const auto& [type, name] : kAllDtypes) {
     EXPECT_EQ(dump["tensors"]["t." + name]["dtype"], name);

@@ -1,8 +1,8 @@
 """safetensors interoperability references for tests/io, written with the reference package
 (safetensors.torch).
 
---parity-dir DIR: writes DIR/ref/io/python_written.safetensors (one tensor of every dtype that
-  safetensors and torch share, with metadata) and python_written.json, a dump of it.
+--write DIR: writes DIR/python_written.safetensors (one tensor of every dtype that safetensors
+  and torch share, with metadata) and DIR/python_written.json, a dump of it.
 --dump FILE --out OUT.json: loads FILE with safetensors (as the C++ writer's output is checked)
   and writes its dump.
 
@@ -84,8 +84,7 @@ def dump(path: Path) -> dict:
     }
 
 
-def write_reference(parity_dir: Path) -> None:
-    out = parity_dir / "ref" / "io"
+def write_reference(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(42)
     shapes = [(3, 5), (2, 1, 4), (7,)]
@@ -99,12 +98,11 @@ def write_reference(parity_dir: Path) -> None:
     path = out / "python_written.safetensors"
     save_file(tensors, str(path), metadata=metadata)
     (out / "python_written.json").write_text(json.dumps(dump(path), indent=1))
-    (out / "DONE").write_text("ok\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--parity-dir", type=Path)
+    parser.add_argument("--write", type=Path)
     parser.add_argument("--dump", type=Path)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -112,10 +110,10 @@ def main() -> None:
         if args.out is None:
             parser.error("--dump needs --out")
         args.out.write_text(json.dumps(dump(args.dump), indent=1))
-    elif args.parity_dir is not None:
-        write_reference(args.parity_dir)
+    elif args.write is not None:
+        write_reference(args.write)
     else:
-        parser.error("give --parity-dir or --dump")
+        parser.error("give --write or --dump")
 
 
 if __name__ == "__main__":
