@@ -23,7 +23,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 
 from common import TINY_MODELS, mark_done, models_dir, parse_args, ref_dir, save_json, save_tensors
 
-# (name, latent size [B, C, H, W], timestep values, timestep dtype, 0-d timestep)
+# (name, latent (batch, height, width), timestep values, timestep dtype, 0-d timestep)
 # 9x7 and 12x10 are not multiples of the overall upsampling factor (2 for tiny-a, 4 for
 # tiny-b), so the U-Net forwards explicit upsample sizes.
 CASES = [
