@@ -3,6 +3,8 @@
 // 8-byte little-endian header length, a JSON header, then the tensor data area.
 // The reader memory-maps the file and validates everything the format specifies before any
 // tensor is touched; every violation throws SafetensorsError naming the file (and tensor).
+// dtypes: F64 F32 F16 BF16 I64 I32 I16 I8 U64 U32 U16 U8 BOOL C64 F8_E4M3 F8_E4M3FNUZ F8_E5M2
+// F8_E5M2FNUZ F8_E8M0 (those with an at::ScalarType); data is little endian, as the host.
 
 #include <cstdint>
 #include <filesystem>

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <functional>
-#include <set>
 #include <sstream>
 #include <utility>
 
@@ -122,8 +121,8 @@ void load_entries(torch::nn::Module& module, const Entries& entries, const std::
 }
 
 // The tensors of a weight file, read lazily out of the mapped file(s).
+// (Each entry's fetch holds its file open.)
 struct OpenedWeights {
-  std::vector<std::shared_ptr<SafetensorsFile>> files;
   Entries entries;
 };
 
@@ -151,7 +150,6 @@ OpenedWeights open_weights(const std::filesystem::path& weight_file, bool rename
   const std::string source = weight_file.string();
   if (!is_index_file(weight_file)) {
     auto file = std::make_shared<SafetensorsFile>(weight_file);
-    out.files.push_back(file);
     add_file_entries(out, file, file->names(), source, rename);
     return out;
   }
@@ -188,7 +186,6 @@ OpenedWeights open_weights(const std::filesystem::path& weight_file, bool rename
                               ", which does not hold it");
       }
     }
-    out.files.push_back(file);
     add_file_entries(out, file, keys, source, rename);
   }
   return out;
