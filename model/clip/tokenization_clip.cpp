@@ -48,8 +48,7 @@ std::string to_utf8(const icu::UnicodeString& text) {
 std::string code_point_utf8(UChar32 c) {
   char buffer[U8_MAX_LENGTH];
   int32_t length = 0;
-  UBool error = false;
-  U8_APPEND(reinterpret_cast<uint8_t*>(buffer), length, U8_MAX_LENGTH, c, error);
+  U8_APPEND_UNSAFE(buffer, length, c);  // c is a valid code point below U+0200
   return std::string(buffer, static_cast<size_t>(length));
 }
 

@@ -45,9 +45,8 @@ TEST(ClipParity, ReferenceCoversTheExpectedCases) {
   EXPECT_EQ(tokenizers, std::set<std::string>(kTokenizers.begin(), kTokenizers.end()));
   EXPECT_GE(tokenizer_ref().at("prompts").size(), 30u);
   std::set<std::string> encoders;
-  for (const auto& item : io::read_json_file(ref_dir() / "text_encoder.json").at("dirs").items()) {
-    encoders.insert(item.key());
-  }
+  const auto encoder_ref = io::read_json_file(ref_dir() / "text_encoder.json");
+  for (const auto& item : encoder_ref.at("dirs").items()) encoders.insert(item.key());
   EXPECT_EQ(encoders, std::set<std::string>(kTextEncoders.begin(), kTextEncoders.end()));
 }
 
@@ -83,7 +82,7 @@ class TextEncoderParity : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(TextEncoderParity, LastHiddenStateEqualsTransformers) {
   const auto dirs = io::read_json_file(ref_dir() / "text_encoder.json").at("dirs");
-  const auto model = load_clip_text_model(parity_dir() / dirs.at(GetParam()).get<std::string>());
+  auto model = load_clip_text_model(parity_dir() / dirs.at(GetParam()).get<std::string>());
   EXPECT_FALSE(model->is_training());
   torch::NoGradGuard no_grad;
   const auto& ref = text_encoder_ref();
@@ -118,7 +117,7 @@ TEST(ClipParity, TokenizerFeedsTheTextEncoder) {
                              .view({static_cast<int64_t>(prompts.size()), tokenizer.max_length()});
   ASSERT_TRUE(torch::equal(input_ids, text_encoder_ref().at("input_ids")));
 
-  const auto model = load_clip_text_model(ldcp::testing::parity_model("tiny-b") / "text_encoder");
+  auto model = load_clip_text_model(ldcp::testing::parity_model("tiny-b") / "text_encoder");
   torch::NoGradGuard no_grad;
   EXPECT_ALLCLOSE(model->forward(input_ids), text_encoder_ref().at("tiny-b.last_hidden_state"));
 }

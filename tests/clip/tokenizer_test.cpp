@@ -138,7 +138,7 @@ TEST(ClipTokenizer, EncodeIsAlways77OnTheFullVocabulary) {
 
   std::string long_text;
   for (int i = 0; i < 200; ++i) long_text += "cat ";
-  for (const std::string text : {std::string(), std::string("a photo of a cat"), long_text}) {
+  for (const std::string& text : {std::string(), std::string("a photo of a cat"), long_text}) {
     const auto ids = tok.encode(text);
     const auto content = tok.tokenize(text);
     ASSERT_EQ(ids.size(), 77u);

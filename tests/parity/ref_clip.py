@@ -20,7 +20,7 @@ import json
 import shutil
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from common import CLIP_VOCAB_DIR, TINY_MODELS, mark_done, models_dir, parse_args, ref_dir, save_json, save_tensors
@@ -193,6 +193,17 @@ def make_text_encoders(out):
     return made
 
 
+def check_loaded(model, folder) -> None:
+    """The reference must run the checkpoint's weights, whatever the key layout."""
+    (weight_file,) = folder.glob("model*.safetensors")
+    stored = {k.removeprefix("text_model."): v for k, v in load_file(weight_file).items()}
+    stored.pop("embeddings.position_ids", None)
+    params = model.state_dict()
+    assert stored.keys() == params.keys(), f"{folder}: {sorted(stored.keys() ^ params.keys())}"
+    for name, value in stored.items():
+        assert torch.equal(value.float(), params[name]), f"{folder}: {name} was not loaded"
+
+
 def text_encoder_refs(parity_dir, encoders, input_ids):
     generator = torch.Generator().manual_seed(7)
     short_ids = torch.randint(0, 49408, (2, 9), generator=generator)
@@ -202,6 +213,7 @@ def text_encoder_refs(parity_dir, encoders, input_ids):
         kwargs = {"variant": "fp16", "dtype": torch.float32} if name.endswith("fp16") else {}
         model = CLIPTextModel.from_pretrained(folder, **kwargs).eval()
         assert next(model.parameters()).dtype == torch.float32
+        check_loaded(model, folder)
         with torch.no_grad():
             full = model(input_ids=input_ids).last_hidden_state
             short = model(input_ids=short_ids).last_hidden_state
