@@ -41,14 +41,11 @@ int serve(const ServerConfig& c) {
   if (!c.gates_file.empty() && !std::filesystem::is_regular_file(c.gates_file)) {
     throw std::invalid_argument("--gates: no such file: " + c.gates_file);
   }
-  if (!c.gates_file.empty()) {
-    // The pipeline options have no gates file yet; refuse rather than silently ignore it.
-    throw std::invalid_argument("--gates: this build's pipeline does not load a gates file yet");
-  }
   ldcp::pipelines::PipelineOptions options;
   options.device = c10::Device(c.device);
   options.dtype = parse_dtype(c.dtype);
   options.prefer_fp16_weights = c.fp16_weights;
+  if (!c.gates_file.empty()) options.gates_file = c.gates_file;
   if (c.min_size > c.max_size) throw std::invalid_argument("--min-size exceeds --max-size");
 
   log_info("loading " + c.model_dir + " on " + c.device + " (" + c.dtype + ")");
