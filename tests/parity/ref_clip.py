@@ -163,6 +163,10 @@ def tokenizer_refs(parity_dir, folders):
             "tokenize": tokenize,
         }
         print(f"{name}: {len(tok)} tokens, {folder}")
+        if len(tok) < 1000:
+            print(f"warning: {folder} has only {len(tok)} tokens, so nearly every id is unk: was it "
+                  "written by CLIPTokenizer(vocab_file=..., merges_file=...), whose transformers 5 "
+                  "signature is (vocab=..., merges=...)?")
     return refs
 
 
