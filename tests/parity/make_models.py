@@ -62,15 +62,22 @@ CONFIGS = {
 }
 
 
-def build_pipeline(name: str) -> StableDiffusionPipeline:
-    cfg = CONFIGS[name]
-    torch.manual_seed(1234 if name == "tiny-a" else 5678)
+def clip_tokenizer() -> CLIPTokenizer:
+    """CLIP's real vocabulary (transformers 5 takes vocab=/merges= and ignores other names)."""
     tokenizer = CLIPTokenizer(
-        vocab_file=str(CLIP_VOCAB_DIR / "vocab.json"),
-        merges_file=str(CLIP_VOCAB_DIR / "merges.txt"),
+        vocab=str(CLIP_VOCAB_DIR / "vocab.json"),
+        merges=str(CLIP_VOCAB_DIR / "merges.txt"),
         pad_token="<|endoftext|>",
         model_max_length=77,
     )
+    assert len(tokenizer) == 49408, f"CLIP vocabulary not loaded ({len(tokenizer)} tokens)"
+    return tokenizer
+
+
+def build_pipeline(name: str) -> StableDiffusionPipeline:
+    cfg = CONFIGS[name]
+    torch.manual_seed(1234 if name == "tiny-a" else 5678)
+    tokenizer = clip_tokenizer()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, layer_norm_eps=1e-5,
                        bos_token_id=0, eos_token_id=2, pad_token_id=1, **cfg["text"])

@@ -9,20 +9,15 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from common import CLIP_VOCAB_DIR, models_dir, parse_args
-from make_models import SD15_SCHEDULER
+from make_models import SD15_SCHEDULER, clip_tokenizer
 
 
 def build() -> StableDiffusionPipeline:
     torch.manual_seed(15)
-    tokenizer = CLIPTokenizer(
-        vocab_file=str(CLIP_VOCAB_DIR / "vocab.json"),
-        merges_file=str(CLIP_VOCAB_DIR / "merges.txt"),
-        pad_token="<|endoftext|>",
-        model_max_length=77,
-    )
+    tokenizer = clip_tokenizer()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
                        num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
