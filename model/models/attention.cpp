@@ -1,5 +1,7 @@
 #include "model/models/attention.h"
 
+#include <algorithm>
+
 #include <stdexcept>
 #include <string>
 
@@ -72,7 +74,82 @@ FeedForwardImpl::FeedForwardImpl(const FeedForwardConfig& config) : config_(conf
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& hidden_states) {
-  return proj_out(act(hidden_states));  // net[1] is a Dropout: the identity at inference
+  if (!gate_) return proj_out(act(hidden_states));  // net[1] is a Dropout: the identity at inference
+  gate_->record_positions(hidden_states.size(-2));
+  if (gate_->sliced()) return forward_sliced(hidden_states);
+  auto inner = act(hidden_states);
+  if (gate_->mask().defined()) {
+    // [units] or [batch, units] -> per inner channel, broadcast over the tokens.
+    auto mask = gate_->mask().to(inner.dtype()).repeat_interleave(gate_->unit_size(), -1);
+    inner = inner * (mask.dim() == 1 ? mask : mask.unsqueeze(1));
+  }
+  return proj_out(inner);
+}
+
+// The first kept_channels() inner channels only: two narrowed products for the hidden and gate
+// halves of proj (views of its rows) and net.2 on the matching columns (a strided view that
+// the matrix product reads in place).
+torch::Tensor FeedForwardImpl::forward_sliced(const torch::Tensor& hidden_states) {
+  const int64_t kept = gate_->kept_channels(), inner = config_.inner_dim;
+  const auto& w = act->proj->weight;
+  const auto& b = act->proj->bias;
+  auto half = [&](int64_t offset) {
+    return F::linear(hidden_states, w.narrow(0, offset, kept),
+                     b.defined() ? b.narrow(0, offset, kept) : torch::Tensor());
+  };
+  auto activated = half(0) * F::gelu(half(inner));
+  return F::linear(activated, proj_out->weight.narrow(1, 0, kept), proj_out->bias);
+}
+
+void FeedForwardImpl::enable_gate(const std::string& name) {
+  if (gate_) return;
+  int64_t units = std::min(kMaxUnits, config_.inner_dim);
+  while (config_.inner_dim % units != 0) --units;
+  gate_ = std::make_shared<pruning::ChannelGate>(name, units, config_.inner_dim / units);
+}
+
+void FeedForwardImpl::reorder_units(const std::vector<int64_t>& order) {
+  if (!gate_) throw std::logic_error("reorder_units on a feed-forward without a gate");
+  const int64_t units = gate_->num_units(), size = gate_->unit_size(), inner = config_.inner_dim;
+  std::vector<int64_t> sorted = order;
+  std::sort(sorted.begin(), sorted.end());
+  if (static_cast<int64_t>(order.size()) != units) {
+    throw std::invalid_argument("gate " + gate_->name() + ": order has " +
+                                std::to_string(order.size()) + " entries, expected " +
+                                std::to_string(units));
+  }
+  for (int64_t i = 0; i < units; ++i) {
+    if (sorted[i] != i) {
+      throw std::invalid_argument("gate " + gate_->name() + ": order is not a permutation");
+    }
+  }
+  std::vector<int64_t> channels, both_halves;
+  for (int64_t unit : order) {
+    for (int64_t c = 0; c < size; ++c) channels.push_back(unit * size + c);
+  }
+  both_halves = channels;
+  for (int64_t c : channels) both_halves.push_back(inner + c);
+  const auto device = proj_out->weight.device();
+  auto index = torch::tensor(channels, torch::kLong).to(device);
+  auto index2 = torch::tensor(both_halves, torch::kLong).to(device);
+  torch::NoGradGuard no_grad;
+  auto& w = act->proj->weight;
+  w.copy_(w.index_select(0, index2));
+  if (act->proj->bias.defined()) act->proj->bias.copy_(act->proj->bias.index_select(0, index2));
+  proj_out->weight.copy_(proj_out->weight.index_select(1, index));
+}
+
+int64_t FeedForwardImpl::macs_per_unit_position() const {
+  const int64_t size = gate_ ? gate_->unit_size() : config_.inner_dim / kMaxUnits;
+  return size * (2 * config_.dim + config_.dim_out);
+}
+
+at::Tensor FeedForwardImpl::magnitude_scores() const {
+  torch::NoGradGuard no_grad;
+  const int64_t units = gate_ ? gate_->num_units() : kMaxUnits, inner = config_.inner_dim;
+  auto rows = act->proj->weight.detach().abs().sum(1);  // [2 * inner]
+  auto per_channel = rows.narrow(0, 0, inner) + rows.narrow(0, inner, inner);
+  return per_channel.reshape({units, -1}).sum(1).to(torch::kFloat).cpu();
 }
 
 // ---------------------------------------------------------------------------------------------

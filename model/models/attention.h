@@ -14,6 +14,8 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 
+#include "model/pruning/gated_layer.h"
+
 namespace ldcp::models {
 
 struct AttentionConfig {
@@ -73,12 +75,23 @@ struct FeedForwardConfig {
 };
 
 // net = [GEGLU(dim, inner_dim), Dropout, Linear(inner_dim, dim_out)].
-class FeedForwardImpl : public torch::nn::Module {
+// Gated (channel pruning): the inner channels, in chunks: the matching rows of both halves of
+// net.0.proj and columns of net.2.
+class FeedForwardImpl : public torch::nn::Module, public pruning::GatedLayer {
  public:
   explicit FeedForwardImpl(const FeedForwardConfig& config);
   torch::Tensor forward(const torch::Tensor& hidden_states);
 
   const FeedForwardConfig& config() const { return config_; }
+
+  void enable_gate(const std::string& name) override;
+  const std::shared_ptr<pruning::ChannelGate>& gate() const override { return gate_; }
+  void reorder_units(const std::vector<int64_t>& order) override;
+  // Both proj rows and the net.2 column of each channel of a chunk.
+  int64_t macs_per_unit_position() const override;
+  // L1 norm of each chunk's proj rows (hidden and gate halves).
+  at::Tensor magnitude_scores() const override;
+  static constexpr int64_t kMaxUnits = 32;
 
   torch::nn::ModuleList net{nullptr};
   // Typed views of net[0] and net[2] (registered only inside net).
@@ -86,7 +99,10 @@ class FeedForwardImpl : public torch::nn::Module {
   torch::nn::Linear proj_out{nullptr};
 
  private:
+  torch::Tensor forward_sliced(const torch::Tensor& hidden_states);
+
   FeedForwardConfig config_;
+  std::shared_ptr<pruning::ChannelGate> gate_;
 };
 TORCH_MODULE(FeedForward);
 

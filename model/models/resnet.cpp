@@ -78,6 +78,7 @@ torch::Tensor ResnetBlock2DImpl::forward_sliced(const torch::Tensor& input,
 }
 
 void ResnetBlock2DImpl::enable_gate(const std::string& name) {
+  if (gate_) return;
   const auto out = config_.out_channels;
   gate_ = std::make_shared<pruning::ChannelGate>(name, config_.groups, out / config_.groups);
 }
@@ -114,6 +115,12 @@ void ResnetBlock2DImpl::reorder_units(const std::vector<int64_t>& order) {
   permute(norm2->weight, 0);
   permute(norm2->bias, 0);
   permute(conv2->weight, 1);
+}
+
+at::Tensor ResnetBlock2DImpl::magnitude_scores() const {
+  torch::NoGradGuard no_grad;
+  const int64_t groups = config_.groups;
+  return conv1->weight.detach().abs().reshape({groups, -1}).sum(1).to(torch::kFloat).cpu();
 }
 
 int64_t ResnetBlock2DImpl::macs_per_unit_position() const {

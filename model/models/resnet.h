@@ -12,7 +12,7 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 
-#include "model/pruning/channel_gate.h"
+#include "model/pruning/gated_layer.h"
 
 namespace ldcp::models {
 
@@ -27,7 +27,7 @@ struct ResnetBlock2DConfig {
 
 // Pre-activation residual block: norm1-SiLU-conv1 (+ time embedding) norm2-SiLU-conv2, plus a
 // 1x1 shortcut when the width changes. `time_embedding_norm="default"`, no up/down sampling.
-class ResnetBlock2DImpl : public torch::nn::Module {
+class ResnetBlock2DImpl : public torch::nn::Module, public pruning::GatedLayer {
  public:
   explicit ResnetBlock2DImpl(const ResnetBlock2DConfig& config);
 
@@ -39,13 +39,13 @@ class ResnetBlock2DImpl : public torch::nn::Module {
   // Channel pruning between conv1 and conv2 (conv1's output channels, time_emb_proj's rows,
   // norm2's affine, conv2's input channels) in whole GroupNorm groups, so every kept group is
   // normalised exactly as before; the block's input and output widths do not change.
-  void enable_gate(const std::string& name);
-  const std::shared_ptr<pruning::ChannelGate>& gate() const { return gate_; }
-  // Permutes the gated groups so that group order[0] comes first. The output is unchanged (to
-  // rounding); done once at load time, in place.
-  void reorder_units(const std::vector<int64_t>& order);
-  // Multiply-accumulates one gated unit costs per spatial position (conv1 rows + conv2 columns).
-  int64_t macs_per_unit_position() const;
+  void enable_gate(const std::string& name) override;
+  const std::shared_ptr<pruning::ChannelGate>& gate() const override { return gate_; }
+  void reorder_units(const std::vector<int64_t>& order) override;
+  // conv1's rows and conv2's columns of one group (3x3 kernels).
+  int64_t macs_per_unit_position() const override;
+  // L1 norm of conv1's rows of each group.
+  at::Tensor magnitude_scores() const override;
 
   torch::nn::GroupNorm norm1{nullptr};
   torch::nn::Conv2d conv1{nullptr};

@@ -1,0 +1,25 @@
+#pragma once
+// The subcommands of `ldcp`, one file each. Every add_*_command registers its subcommand and
+// options on `app` and sets a callback that runs it; errors are thrown and reported by main.
+
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+namespace ldcp::tools {
+
+void add_generate_command(CLI::App& app);
+void add_init_demo_model_command(CLI::App& app);
+void add_train_gates_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
+void add_eval_pruning_command(CLI::App& app);
+
+// --dtype and --device values, with errors naming the option.
+c10::ScalarType parse_dtype(const std::string& name);
+c10::Device parse_device(const std::string& name);
+// Comma-separated pruning levels ("0,0.25,0.5"), each in [0, 1); error names `option`.
+std::vector<double> parse_levels(const std::string& text, const std::string& option);
+
+}  // namespace ldcp::tools

@@ -1,0 +1,8 @@
+// Placeholder until its owner writes it.
+#include "tools/commands.h"
+
+namespace ldcp::tools {
+
+void add_eval_pruning_command(CLI::App&) {}
+
+}  // namespace ldcp::tools

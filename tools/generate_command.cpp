@@ -1,0 +1,186 @@
+// `ldcp generate`: text to PNG with the C++ pipeline.
+#include <cstdio>
+#include <iostream>
+#include <optional>
+#include <random>
+#include <sstream>
+
+#include <torch/torch.h>
+
+#include "model/pipelines/image_io.h"
+#include "model/pipelines/pipeline_stable_diffusion.h"
+#include "model/pruning/gate_scores.h"
+#include "model/schedulers/scheduler.h"
+#include "tools/commands.h"
+#include "tools/progress.h"
+
+namespace ldcp::tools {
+
+c10::ScalarType parse_dtype(const std::string& name) {
+  if (name == "fp32" || name == "float32") return torch::kFloat;
+  if (name == "fp16" || name == "float16") return torch::kHalf;
+  if (name == "bf16" || name == "bfloat16") return torch::kBFloat16;
+  throw std::invalid_argument("--dtype must be fp32, fp16 or bf16, got \"" + name + "\"");
+}
+
+c10::Device parse_device(const std::string& name) {
+  c10::Device device(c10::kCPU);
+  try {
+    device = c10::Device(name);
+  } catch (const std::exception&) {
+    throw std::invalid_argument("--device must be cpu, cuda or cuda:N, got \"" + name + "\"");
+  }
+  if (!device.is_cpu() && !device.is_cuda()) {
+    throw std::invalid_argument("--device must be cpu, cuda or cuda:N, got \"" + name + "\"");
+  }
+  if (device.is_cuda() && !torch::cuda::is_available()) {
+    throw std::invalid_argument("--device " + name + ": CUDA is not available on this machine");
+  }
+  return device;
+}
+
+std::vector<double> parse_levels(const std::string& text, const std::string& option) {
+  std::vector<double> levels;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    size_t used = 0;
+    double level = 0;
+    try {
+      level = std::stod(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != item.size() || !(level >= 0.0 && level < 1.0)) {
+      throw std::invalid_argument(option + ": \"" + item + "\" is not a level in [0, 1)");
+    }
+    levels.push_back(level);
+  }
+  if (levels.empty()) throw std::invalid_argument(option + ": no levels given");
+  return levels;
+}
+
+namespace {
+
+// FILE.png for one image; FILE-0.png, FILE-1.png, ... for several.
+std::filesystem::path output_path(const std::filesystem::path& out, int64_t index, int64_t count) {
+  if (count == 1) return out;
+  auto name = out.stem().string() + "-" + std::to_string(index) + out.extension().string();
+  return out.parent_path() / name;
+}
+
+struct GenerateArgs {
+  std::string model, out, device = "cpu", dtype = "fp32", gates, scores = "magnitude";
+  pipelines::GenerationParams params;
+  std::optional<uint64_t> seed;
+  bool fp16_weights = false;
+  std::optional<double> pruning_level;
+  std::optional<double> pruning_below_timestep;
+  std::string pruning_steps;
+};
+
+void run_generate(GenerateArgs& args) {
+  pipelines::PipelineOptions options;
+  options.device = parse_device(args.device);
+  options.dtype = parse_dtype(args.dtype);
+  options.prefer_fp16_weights = args.fp16_weights;
+  options.gates_file = args.gates;
+  options.score_source = args.scores;
+  auto& params = args.params;
+  params.seed = args.seed ? *args.seed : std::random_device{}();
+  if (!args.pruning_steps.empty()) {
+    params.pruning = pruning::PruningSchedule::steps(parse_levels(args.pruning_steps, "--pruning-steps"));
+  } else if (args.pruning_level) {
+    params.pruning = pruning::PruningSchedule::fixed(*args.pruning_level);
+    params.pruning.below_timestep = args.pruning_below_timestep;
+  }
+
+  auto pipeline = pipelines::StableDiffusionPipeline::load(args.model, options);
+  // 0 means the model's native size, as diffusers' default (unet sample_size x VAE factor).
+  if (params.width == 0) params.width = pipeline->native_resolution();
+  if (params.height == 0) params.height = pipeline->native_resolution();
+  pipeline->validate(params);
+
+  Progress progress("denoising", params.steps);
+  auto result = pipeline->generate(params, [&](const pipelines::StepInfo& step) {
+    progress.update(step.step + 1, "t=" + std::to_string(static_cast<int64_t>(step.timestep)));
+    return true;
+  });
+  progress.finish();
+
+  const auto images = pipelines::to_uint8(result.images);
+  for (int64_t i = 0; i < images.size(0); ++i) {
+    const auto path = output_path(args.out, i, images.size(0));
+    pipelines::write_png(path, images[i]);
+    std::cout << "wrote " << path.string() << "\n";
+  }
+  std::printf(
+      "seed %llu, %lldx%lld, %zu steps, pruned %.1f%% of U-Net FLOPs (%.1f%% of gated channels), "
+      "peak memory %.1f MiB (%.1f MiB above weights), text %.2fs, denoise %.2fs, decode %.2fs, "
+      "total %.2fs\n",
+      static_cast<unsigned long long>(params.seed), static_cast<long long>(params.width),
+      static_cast<long long>(params.height), result.timesteps.size(),
+      100 * result.pruned_flops_fraction, 100 * result.pruned_channel_fraction,
+      static_cast<double>(result.peak_memory_bytes) / (1 << 20),
+      static_cast<double>(result.peak_memory_above_weights_bytes) / (1 << 20),
+      result.timings.text_encoding_s, result.timings.denoising_s, result.timings.decoding_s,
+      result.timings.total_s);
+}
+
+}  // namespace
+
+void add_generate_command(CLI::App& app) {
+  auto args = std::make_shared<GenerateArgs>();
+  auto& gen = *args;
+  gen.params.width = gen.params.height = 0;
+  auto* generate = app.add_subcommand("generate", "Generate images from a text prompt");
+  generate->add_option("--model", gen.model, "Model folder in diffusers format")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  generate->add_option("--prompt", gen.params.prompt, "Text prompt")->required();
+  generate->add_option("--out", gen.out, "Output PNG (FILE-0.png, FILE-1.png, ... for several)")
+      ->required();
+  generate->add_option("--negative-prompt", gen.params.negative_prompt, "Negative prompt");
+  generate->add_option("--width", gen.params.width, "Width in pixels, multiple of 8 (0: model's)")
+      ->capture_default_str();
+  generate->add_option("--height", gen.params.height, "Height in pixels, multiple of 8 (0: model's)")
+      ->capture_default_str();
+  generate->add_option("--steps", gen.params.steps, "Denoising steps")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  generate->add_option("--guidance", gen.params.guidance_scale,
+                       "Classifier-free guidance scale (<= 1 turns guidance off)")
+      ->capture_default_str();
+  generate->add_option("--guidance-rescale", gen.params.guidance_rescale,
+                       "Guidance rescale factor in [0, 1]")
+      ->capture_default_str();
+  generate->add_option("--sampler", gen.params.sampler, "Sampler")
+      ->capture_default_str()
+      ->check(CLI::IsMember(schedulers::sampler_names()));
+  generate->add_option("--eta", gen.params.eta, "DDIM eta")->capture_default_str();
+  generate->add_option("--seed", gen.seed, "Random seed (default: a random one, printed)");
+  generate->add_option("--num-images", gen.params.num_images, "Images to generate")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  generate->add_option("--device", gen.device, "cpu, cuda or cuda:N")->capture_default_str();
+  generate->add_option("--dtype", gen.dtype, "fp32, fp16 or bf16")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16", "float32", "float16", "bfloat16"}));
+  generate->add_flag("--fp16-weights", gen.fp16_weights,
+                     "Load *.fp16.safetensors weight variants when present");
+  generate->add_option("--pruning-level", gen.pruning_level,
+                       "Prune the U-Net at this level in [0, 1) (fraction of gated FLOPs dropped)")
+      ->check(CLI::Range(0.0, 0.999999));
+  generate->add_option("--pruning-below-timestep", gen.pruning_below_timestep,
+                       "With --pruning-level: prune only the steps whose timestep is below this");
+  generate->add_option("--pruning-steps", gen.pruning_steps,
+                       "Per-step levels, comma-separated (the last repeats)");
+  generate->add_option("--gates", gen.gates, "Gates file with learned scores (ldcp train-gates)")
+      ->check(CLI::ExistingFile);
+  generate->add_option("--scores", gen.scores, "Scores without a gates file: magnitude or random")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"magnitude", "random"}));
+  generate->final_callback([args] { run_generate(*args); });
+}
+
+}  // namespace ldcp::tools
