@@ -22,6 +22,7 @@ APT_PACKAGES=(
   nlohmann-json3-dev libcli11-dev libpng-dev libicu-dev zlib1g-dev
   libgtest-dev libgmock-dev
   prometheus
+  gnuplot-nox
 )
 
 missing=()
