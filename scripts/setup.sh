@@ -19,7 +19,7 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   prometheus-cpp-dev libspdlog-dev libfmt-dev libboost-dev libboost-system-dev
-  nlohmann-json3-dev libcli11-dev libpng-dev libicu-dev zlib1g-dev
+  nlohmann-json3-dev libcli11-dev libpng-dev libjpeg62-turbo-dev libicu-dev zlib1g-dev
   libgtest-dev libgmock-dev
   prometheus
   gnuplot-nox
