@@ -139,9 +139,9 @@ void FeedForwardImpl::reorder_units(const std::vector<int64_t>& order) {
   proj_out->weight.copy_(proj_out->weight.index_select(1, index));
 }
 
-int64_t FeedForwardImpl::macs_per_unit_position() const {
+int64_t FeedForwardImpl::unit_macs(int64_t positions) const {
   const int64_t size = gate_ ? gate_->unit_size() : config_.inner_dim / kMaxUnits;
-  return size * (2 * config_.dim + config_.dim_out);
+  return size * (2 * config_.dim + config_.dim_out) * positions;
 }
 
 at::Tensor FeedForwardImpl::magnitude_scores() const {

@@ -88,7 +88,7 @@ class FeedForwardImpl : public torch::nn::Module, public pruning::GatedLayer {
   const std::shared_ptr<pruning::ChannelGate>& gate() const override { return gate_; }
   void reorder_units(const std::vector<int64_t>& order) override;
   // Both proj rows and the net.2 column of each channel of a chunk.
-  int64_t macs_per_unit_position() const override;
+  int64_t unit_macs(int64_t positions) const override;
   // L1 norm of each chunk's proj rows (hidden and gate halves).
   at::Tensor magnitude_scores() const override;
   static constexpr int64_t kMaxUnits = 32;

@@ -123,9 +123,10 @@ at::Tensor ResnetBlock2DImpl::magnitude_scores() const {
   return conv1->weight.detach().abs().reshape({groups, -1}).sum(1).to(torch::kFloat).cpu();
 }
 
-int64_t ResnetBlock2DImpl::macs_per_unit_position() const {
+int64_t ResnetBlock2DImpl::unit_macs(int64_t positions) const {
   const int64_t size = gate_ ? gate_->unit_size() : config_.out_channels / config_.groups;
-  return size * (config_.in_channels * 9 + config_.out_channels * 9);
+  const int64_t temb = time_emb_proj ? size * config_.temb_channels : 0;
+  return size * (config_.in_channels * 9 + config_.out_channels * 9) * positions + temb;
 }
 
 Downsample2DImpl::Downsample2DImpl(int64_t channels, int64_t out_channels, int64_t padding)

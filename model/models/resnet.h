@@ -42,8 +42,8 @@ class ResnetBlock2DImpl : public torch::nn::Module, public pruning::GatedLayer {
   void enable_gate(const std::string& name) override;
   const std::shared_ptr<pruning::ChannelGate>& gate() const override { return gate_; }
   void reorder_units(const std::vector<int64_t>& order) override;
-  // conv1's rows and conv2's columns of one group (3x3 kernels).
-  int64_t macs_per_unit_position() const override;
+  // conv1's rows and conv2's columns of one group (3x3 kernels), plus its time_emb_proj rows.
+  int64_t unit_macs(int64_t positions) const override;
   // L1 norm of conv1's rows of each group.
   at::Tensor magnitude_scores() const override;
 

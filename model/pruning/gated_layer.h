@@ -22,8 +22,9 @@ class GatedLayer {
   // Permutes the units so that unit order[0] comes first; the layer's output is unchanged (to
   // rounding). In place, once, at load time.
   virtual void reorder_units(const std::vector<int64_t>& order) = 0;
-  // Multiply-accumulates of one unit per spatial position (or token) of one batch element.
-  virtual int64_t macs_per_unit_position() const = 0;
+  // Multiply-accumulates of one unit for one batch element that has `positions` spatial
+  // positions (or tokens) in this layer.
+  virtual int64_t unit_macs(int64_t positions) const = 0;
   // [num_units] float: the L1 norm of each unit's input-side weights (the rows that produce
   // the unit's channels); the `magnitude` importance source.
   virtual at::Tensor magnitude_scores() const = 0;

@@ -52,9 +52,13 @@ UNetPruner::UNetPruner(models::UNet2DConditionModelImpl& unet, const GateScores&
   unet.forward(torch::zeros({1, config.in_channels, side, side}, options_t),
                torch::tensor(500, torch::kLong),
                torch::zeros({1, 1, config.cross_attention_dim_of(0)}, options_t));
+  // Costs as at the model's native size (positions scale with the area; the time-embedding
+  // rows of a ResNet unit do not), so the plan is the one for the size the model is used at.
+  const int64_t native = config.sample_size ? std::max(config.sample_size->first, side) : 64;
+  const int64_t area_scale = (native / side) * (native / side);
   for (const auto& ref : layers_) {
-    unit_cost_.push_back(static_cast<double>(ref.layer->macs_per_unit_position()) *
-                         static_cast<double>(ref.layer->gate()->last_positions()));
+    unit_cost_.push_back(static_cast<double>(
+        ref.layer->unit_macs(ref.layer->gate()->last_positions() * area_scale)));
   }
 }
 
@@ -123,8 +127,7 @@ int64_t UNetPruner::dropped_macs_last_forward(const LevelPlan& plan) const {
   int64_t macs = 0;
   for (size_t l = 0; l < layers_.size(); ++l) {
     const auto& gate = *layers_[l].layer->gate();
-    macs += (gate.num_units() - plan.kept_units[l]) * layers_[l].layer->macs_per_unit_position() *
-            gate.last_positions();
+    macs += (gate.num_units() - plan.kept_units[l]) * layers_[l].layer->unit_macs(gate.last_positions());
   }
   return macs;
 }
@@ -133,7 +136,7 @@ int64_t UNetPruner::gated_macs_last_forward() const {
   int64_t macs = 0;
   for (const auto& ref : layers_) {
     const auto& gate = *ref.layer->gate();
-    macs += gate.num_units() * ref.layer->macs_per_unit_position() * gate.last_positions();
+    macs += gate.num_units() * ref.layer->unit_macs(gate.last_positions());
   }
   return macs;
 }

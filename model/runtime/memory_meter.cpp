@@ -7,22 +7,24 @@
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/CachingDeviceAllocator.h>
+#include <c10/core/impl/alloc_cpu.h>
 
 namespace ldcp::runtime {
 namespace {
 
-// Wraps c10's CPU allocator and counts the bytes of live allocations. Each allocation carries a
-// small context (the inner DataPtr and its size) so that frees are counted exactly.
+// Replaces c10's CPU allocator with one that counts the bytes of live allocations. Each
+// block carries its size in a 64-byte header (keeping c10's 64-byte alignment), so frees are
+// counted exactly and raw_allocate/raw_deleter work as c10 expects (data == context).
 class TrackingCpuAllocator final : public c10::Allocator {
  public:
-  explicit TrackingCpuAllocator(c10::Allocator* inner) : inner_(inner) {}
+  static constexpr size_t kHeader = 64;
 
   c10::DataPtr allocate(size_t bytes) override {
-    auto* context = new Context{inner_->allocate(bytes), bytes, this};
-    add(static_cast<int64_t>(bytes));
-    void* data = context->inner.get();
-    return {data, context, &Delete, c10::Device(c10::kCPU)};
+    void* data = allocate_raw_block(bytes);
+    return {data, data, &Delete, c10::Device(c10::kCPU)};
   }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &Delete; }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     default_copy_data(dest, src, count);
@@ -33,17 +35,14 @@ class TrackingCpuAllocator final : public c10::Allocator {
   void reset_peak() { peak_.store(current(), std::memory_order_relaxed); }
 
  private:
-  struct Context {
-    c10::DataPtr inner;
-    size_t bytes;
-    TrackingCpuAllocator* owner;
-  };
-
-  static void Delete(void* raw) {
-    auto* context = static_cast<Context*>(raw);
-    context->owner->add(-static_cast<int64_t>(context->bytes));
-    delete context;  // frees through the inner DataPtr's deleter
+  void* allocate_raw_block(size_t bytes) {
+    auto* block = static_cast<char*>(c10::alloc_cpu(bytes + kHeader));
+    *reinterpret_cast<size_t*>(block) = bytes;
+    add(static_cast<int64_t>(bytes));
+    return block + kHeader;
   }
+
+  static void Delete(void* data);
 
   void add(int64_t delta) {
     const int64_t now = current_.fetch_add(delta, std::memory_order_relaxed) + delta;
@@ -52,7 +51,6 @@ class TrackingCpuAllocator final : public c10::Allocator {
     }
   }
 
-  c10::Allocator* inner_;
   std::atomic<int64_t> current_{0};
   std::atomic<int64_t> peak_{0};
 };
@@ -60,12 +58,19 @@ class TrackingCpuAllocator final : public c10::Allocator {
 TrackingCpuAllocator& cpu_allocator() {
   // Installed once, never freed: tensors allocated through it may outlive any meter.
   static TrackingCpuAllocator* allocator = [] {
-    auto* tracking = new TrackingCpuAllocator(c10::GetDefaultCPUAllocator());
+    auto* tracking = new TrackingCpuAllocator();
     // A high priority so that later registrations of lower priority do not replace it.
     c10::SetCPUAllocator(tracking, /*priority=*/100);
     return tracking;
   }();
   return *allocator;
+}
+
+void TrackingCpuAllocator::Delete(void* data) {
+  if (data == nullptr) return;
+  auto* block = static_cast<char*>(data) - kHeader;
+  cpu_allocator().add(-static_cast<int64_t>(*reinterpret_cast<size_t*>(block)));
+  c10::free_cpu(block);
 }
 
 constexpr auto kAggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);

@@ -204,7 +204,7 @@ torch::Tensor AutoencoderKLImpl::decode_tiled(const torch::Tensor& latents,
   return torch::cat(result_rows, 2);
 }
 
-AutoencoderKL load_vae(const std::filesystem::path& vae_dir) {
+AutoencoderKL load_vae(const std::filesystem::path& vae_dir, const io::LoadOptions& options) {
   const auto config_path = vae_dir / "config.json";
   const auto json = ldcp::io::read_json_file(config_path);
   AutoencoderKLConfig config;
@@ -214,7 +214,7 @@ AutoencoderKL load_vae(const std::filesystem::path& vae_dir) {
     throw ConfigError(config_path.string() + ": " + e.what());
   }
   AutoencoderKL vae(config);
-  ldcp::io::load_component(*vae, vae_dir);
+  ldcp::io::load_component(*vae, vae_dir, options);
   vae->eval();
   return vae;
 }

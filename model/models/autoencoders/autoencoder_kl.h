@@ -12,6 +12,7 @@
 #include <torch/nn/modules/conv.h>
 #include <nlohmann/json_fwd.hpp>
 
+#include "model/io/weights.h"
 #include "model/models/autoencoders/vae.h"
 
 namespace ldcp::models {
@@ -80,6 +81,6 @@ TORCH_MODULE(AutoencoderKL);
 // Builds the VAE from vae_dir/config.json and loads its weights with ldcp::io::load_component
 // (which renames legacy attention keys); the module is returned in eval mode, float32, on the
 // CPU. Throws ConfigError / WeightLoadError naming the file.
-AutoencoderKL load_vae(const std::filesystem::path& vae_dir);
+AutoencoderKL load_vae(const std::filesystem::path& vae_dir, const io::LoadOptions& options = {});
 
 }  // namespace ldcp::models
