@@ -47,6 +47,13 @@ JobOutcome failure(Status status, std::string message) {
 
 int64_t images_of(const Job& job) { return std::max<int64_t>(1, job.params.num_images); }
 
+// gRPC cancels a call (OnCancel) when its deadline passes, so a cancellation at (about) the
+// deadline is reported as DEADLINE_EXCEEDED.
+bool deadline_passed(const Job& job, Clock::time_point now, bool cancelled) {
+  if (!job.deadline) return false;
+  return *job.deadline <= now + (cancelled ? std::chrono::milliseconds(250) : Clock::duration{});
+}
+
 }  // namespace
 
 struct RequestScheduler::Batch {
@@ -179,12 +186,12 @@ void RequestScheduler::sweep_locked(
     const auto& job = *it;
     if (aborting_) {
       finished.emplace_back(job, failure(Status::kUnavailable, abort_reason_));
+    } else if (deadline_passed(*job, now, job->cancelled)) {
+      finished.emplace_back(job,
+                            failure(Status::kDeadlineExceeded, "the deadline passed while queued"));
     } else if (job->cancelled) {
       finished.emplace_back(job,
                             failure(Status::kCancelled, "cancelled by the client while queued"));
-    } else if (job->deadline && *job->deadline <= now) {
-      finished.emplace_back(job,
-                            failure(Status::kDeadlineExceeded, "the deadline passed while queued"));
     } else {
       ++it;
       continue;
@@ -339,10 +346,10 @@ void RequestScheduler::execute(std::shared_ptr<Batch> batch) {
     // Never start a request that is already cancelled or past its deadline.
     if (aborting_) {
       outcomes[i] = failure(Status::kUnavailable, abort_reason_);
+    } else if (deadline_passed(job, start, job.cancelled)) {
+      outcomes[i] = failure(Status::kDeadlineExceeded, "the deadline passed before it started");
     } else if (job.cancelled) {
       outcomes[i] = failure(Status::kCancelled, "cancelled by the client before it started");
-    } else if (job.deadline && *job.deadline <= start) {
-      outcomes[i] = failure(Status::kDeadlineExceeded, "the deadline passed before it started");
     } else {
       auto p = job.params;
       p.pruning = batch->schedule;
@@ -365,16 +372,17 @@ void RequestScheduler::execute(std::shared_ptr<Batch> batch) {
         outcomes[i] = failure(Status::kUnavailable, abort_reason_);
         return false;
       }
-      if (job.cancelled) {
-        outcomes[i] = failure(Status::kCancelled,
-                              "cancelled by the client at step " + std::to_string(info.step + 1));
-        return false;
-      }
       const auto now = Clock::now();
-      if (job.deadline && *job.deadline <= now) {
+      const bool cancelled = job.cancelled;
+      if (deadline_passed(job, now, cancelled)) {
         outcomes[i] = failure(Status::kDeadlineExceeded,
                               "the deadline passed at step " + std::to_string(info.step + 1) +
                                   " of " + std::to_string(info.num_steps));
+        return false;
+      }
+      if (cancelled) {
+        outcomes[i] = failure(Status::kCancelled,
+                              "cancelled by the client at step " + std::to_string(info.step + 1));
         return false;
       }
       if (info.step > last_step) {

@@ -197,6 +197,8 @@ std::string request_to_job(const v1::GenerateRequest& r, const RequestLimits& li
 // ---------------------------------------------------------------------------------------------
 
 struct GenerationService::Shared {
+  Shared(RequestScheduler& s, Engine& e, Metrics* m, RequestLimits l)
+      : scheduler(s), engine(e), metrics(m), limits(std::move(l)) {}
   RequestScheduler& scheduler;
   Engine& engine;
   Metrics* metrics;
@@ -214,7 +216,7 @@ struct GenerationService::Shared {
 
 GenerationService::GenerationService(RequestScheduler& scheduler, Engine& engine, Metrics* metrics,
                                      RequestLimits limits)
-    : shared_(std::make_shared<Shared>(Shared{scheduler, engine, metrics, std::move(limits)})) {}
+    : shared_(std::make_shared<Shared>(scheduler, engine, metrics, std::move(limits))) {}
 
 namespace {
 
