@@ -146,7 +146,7 @@ void write_weights(const std::filesystem::path& path, torch::nn::Module& module)
   io::save_safetensors(path, tensors, {{"format", "pt"}});
 }
 
-void copy_file(const std::filesystem::path& from, const std::filesystem::path& to) {
+void copy_into(const std::filesystem::path& from, const std::filesystem::path& to) {
   std::error_code ec;
   std::filesystem::copy_file(from, to, std::filesystem::copy_options::overwrite_existing, ec);
   if (ec) throw std::runtime_error("cannot copy " + from.string() + ": " + ec.message());
@@ -211,8 +211,8 @@ void write_demo_model(const std::filesystem::path& dir, const DemoModelOptions& 
   }
 
   write_json(dir / "scheduler" / "scheduler_config.json", scheduler_config());
-  copy_file(vocab_dir / "vocab.json", dir / "tokenizer" / "vocab.json");
-  copy_file(vocab_dir / "merges.txt", dir / "tokenizer" / "merges.txt");
+  copy_into(vocab_dir / "vocab.json", dir / "tokenizer" / "vocab.json");
+  copy_into(vocab_dir / "merges.txt", dir / "tokenizer" / "merges.txt");
   write_json(dir / "tokenizer" / "tokenizer_config.json",
              {{"tokenizer_class", "CLIPTokenizer"},
               {"bos_token", "<|startoftext|>"},

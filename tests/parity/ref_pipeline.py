@@ -73,13 +73,16 @@ def run(parity_dir, cases, part):
     pipes = {}
     for c in cases:
         if c["model"] not in pipes:
-            pipes[c["model"]] = StableDiffusionPipeline.from_pretrained(
+            pipe = StableDiffusionPipeline.from_pretrained(
                 models_dir(parity_dir) / c["model"], safety_checker=None,
                 requires_safety_checker=False)
-        pipe = pipes[c["model"]]
+            # The model's own scheduler config: a sampler built from another sampler's config
+            # would inherit its options (e.g. use_karras_sigmas).
+            pipes[c["model"]] = (pipe, dict(pipe.scheduler.config))
+        pipe, scheduler_config = pipes[c["model"]]
         pipe.set_progress_bar_config(disable=True)
         cls, extra = SAMPLERS[c["sampler"]]
-        pipe.scheduler = cls.from_config(pipe.scheduler.config, **extra)
+        pipe.scheduler = cls.from_config(scheduler_config, **extra)
         kwargs = {"eta": c["eta"]} if c["sampler"] == "ddim" else {}
         result = pipe(
             prompt=c["prompt"],
