@@ -33,9 +33,12 @@ class JsonMessageFlag : public spdlog::custom_flag_formatter {
 
 void setup_logging(const std::string& level, const std::string& format) {
   g_json = format == "json";
-  auto sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
-  auto main = std::make_shared<spdlog::logger>("ldcp", sink);
-  g_requests = std::make_shared<spdlog::logger>("request", sink);
+  // One sink each: a sink owns its formatter. The stderr sinks share spdlog's console mutex, so
+  // lines do not interleave.
+  auto main =
+      std::make_shared<spdlog::logger>("ldcp", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+  g_requests = std::make_shared<spdlog::logger>("request",
+                                                std::make_shared<spdlog::sinks::stderr_sink_mt>());
   if (g_json) {
     auto f = std::make_unique<spdlog::pattern_formatter>();
     f->add_flag<JsonMessageFlag>('*').set_pattern(

@@ -12,7 +12,6 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
-#include <prometheus/exposer.h>
 #include <CLI/CLI.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -23,6 +22,7 @@
 #include "server/logging.h"
 #include "server/memory_budget.h"
 #include "server/metrics.h"
+#include "server/metrics_http.h"
 #include "server/request_scheduler.h"
 #include "server/sd_engine.h"
 #include "server/service.h"
@@ -48,14 +48,14 @@ int serve(const ServerConfig& c) {
   if (!c.gates_file.empty()) options.gates_file = c.gates_file;
   if (c.min_size > c.max_size) throw std::invalid_argument("--min-size exceeds --max-size");
 
+  // Metrics first: the endpoint answers (and a bad address fails) before the model loads.
+  Metrics metrics;
+  MetricsHttpServer metrics_http(c.metrics_listen, metrics.registry());
+
   log_info("loading " + c.model_dir + " on " + c.device + " (" + c.dtype + ")");
   SdEngine engine(c.model_dir, options);
   MemoryBudget budget(c.memory_budget.empty() ? 0 : parse_bytes(c.memory_budget),
                       parse_bytes(c.memory_headroom), [&engine] { return engine.memory(); });
-
-  Metrics metrics;
-  prometheus::Exposer exposer(c.metrics_listen);
-  exposer.RegisterCollectable(metrics.registry());
   metrics.set_memory(budget.in_use_bytes(), budget.budget_bytes());
 
   // Calibration: real runs at the configured sizes and levels.
@@ -107,10 +107,9 @@ int serve(const ServerConfig& c) {
   auto* health = server->GetHealthCheckService();
   health->SetServingStatus(true);
   health->SetServingStatus("ldcp.v1.ImageGeneration", true);
-  const auto metrics_ports = exposer.GetListeningPorts();
   log_info(strf("serving %s on %s (port %d), metrics on %s (port %d) /metrics",
                 engine.model_name().c_str(), c.listen.c_str(), port, c.metrics_listen.c_str(),
-                metrics_ports.empty() ? 0 : metrics_ports.front()));
+                metrics_http.port()));
 
   boost::asio::io_context io;
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
