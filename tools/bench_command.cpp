@@ -197,7 +197,7 @@ void run_bench(const BenchArgs& args) {
     std::vector<std::string> row = {
         c.name,
         c.level ? fixed(100 * c.plan.dropped_macs_fraction, 1) + "%" : "-",
-        fixed(2e-9 * d(c.unet_macs), 1),
+        fixed(2e-9 * d(c.unet_macs), 2e-9 * d(ref.unet_macs) < 10 ? 3 : 1),
         ratio_text(d(c.unet_macs), d(ref.unet_macs)),
         fixed(1e3 * latency, 1),
         ratio_text(latency, ref_latency),

@@ -409,12 +409,13 @@ void run_eval(const EvalArgs& args) {
   gp << "set terminal pngcairo size 1500,450 enhanced font 'sans,10'\n"
      << "set datafile missing 'NaN'\nset key bottom left\nset grid\nset xlabel 'pruning level'\n"
      << "set xrange [" << -0.02 << ":" << levels.back() + 0.02 << "]\n";
+  // One colour per source in every panel.
   auto plot_line = [&](int column, const std::string& ylabel) {
     std::string line = "set ylabel '" + ylabel + "'\nplot ";
     for (size_t s = 0; s < sources.size(); ++s) {
       line += (s ? ", " : "") + std::string("'") + sources[s] +
-              ".dat' using 1:" + std::to_string(column) + " with linespoints lw 2 title '" +
-              sources[s] + "'";
+              ".dat' using 1:" + std::to_string(column) + " with linespoints lw 2 lc " +
+              std::to_string(s + 1) + " title '" + sources[s] + "'";
     }
     return line + "\n";
   };
@@ -422,14 +423,16 @@ void run_eval(const EvalArgs& args) {
      << plot_line(2, "noise prediction relative error") << plot_line(3, "PSNR (dB)")
      << plot_line(4, "SSIM") << "unset multiplot\n";
   gp << "set output 'latency.png'\nset multiplot layout 1,2 title 'Step latency and FLOPs'\n"
+     << "set yrange [0:*]\n"
      << plot_line(5, "step latency (ms)") << "set key top right\n"
      << "set ylabel 'ratio to level 0'\nplot ";
   for (size_t s = 0; s < sources.size(); ++s) {
-    gp << (s ? ", " : "") << "'" << sources[s] << ".dat' using 1:8 with linespoints lw 2 title '"
-       << sources[s] << " latency', '" << sources[s]
-       << ".dat' using 1:9 with linespoints dt 2 title '" << sources[s] << " FLOPs'";
+    gp << (s ? ", " : "") << "'" << sources[s] << ".dat' using 1:8 with linespoints lw 2 lc "
+       << s + 1 << " title '" << sources[s] << " latency', '" << sources[s]
+       << ".dat' using 1:9 with linespoints dt 2 lc " << s + 1 << " title '" << sources[s]
+       << " FLOPs'";
   }
-  gp << "\nunset multiplot\nset key bottom left\n";
+  gp << "\nunset multiplot\nset key bottom left\n";  // yrange [0:*] stays: memory from 0 too
   gp << "set output 'memory.png'\nset multiplot layout 1,2 title 'Peak memory above the weights'\n"
      << plot_line(6, "one step (MiB)") << plot_line(7, "whole generation (MiB)")
      << "unset multiplot\n";
