@@ -66,6 +66,9 @@ std::unique_ptr<StableDiffusionPipeline> StableDiffusionPipeline::load(
       options.dtype != torch::kBFloat16) {
     throw std::invalid_argument("dtype must be float32, float16 or bfloat16");
   }
+  // On the CPU, install the tracking allocator before the weights are read, so that memory
+  // figures count them (as resident) too.
+  runtime::MemoryMeter{c10::Device(c10::kCPU)};
   auto parts = std::make_unique<Parts>();
   parts->model_dir = model_dir;
   parts->options = options;
