@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <limits>
+#include <mutex>
 #include <numeric>
 #include <optional>
 #include <sstream>
@@ -308,8 +309,9 @@ struct Gates {
   }
 };
 
-// Gates on every gated layer, with UNetPruner's unit costs (one forward at the U-Net's
-// smallest latent) and floors.
+// Gates on every gated layer, with UNetPruner's unit costs and floors: one forward at the
+// U-Net's smallest latent records each gate's positions, scaled to the model's native size
+// (as UNetPruner's constructor does, so that the plans agree).
 Gates attach(models::UNet2DConditionModelImpl& unet) {
   Gates gates;
   gates.layers = attach_gates(unet);
@@ -325,14 +327,16 @@ Gates attach(models::UNet2DConditionModelImpl& unet) {
                  torch::tensor(500, torch::kLong),
                  torch::zeros({1, 1, config.cross_attention_dim_of(0)}, options));
   }
+  const int64_t native = config.sample_size ? std::max(config.sample_size->first, side) : 64;
+  const int64_t area_scale = (native / side) * (native / side);
   const double min_keep = PlannerOptions{}.min_keep_fraction;
   for (const auto& ref : gates.layers) {
     const auto& gate = *ref.layer->gate();
     gates.offsets.push_back(gates.total_units);
     gates.units.push_back(gate.num_units());
     gates.total_units += gate.num_units();
-    gates.unit_cost.push_back(static_cast<double>(ref.layer->macs_per_unit_position()) *
-                              static_cast<double>(gate.last_positions()));
+    gates.unit_cost.push_back(
+        static_cast<double>(ref.layer->unit_macs(gate.last_positions() * area_scale)));
     gates.floor.push_back(std::max<int64_t>(
         1, static_cast<int64_t>(std::ceil(min_keep * static_cast<double>(gate.num_units())))));
   }
@@ -485,6 +489,11 @@ void check_options(const TrainerOptions& o) {
 }
 
 }  // namespace
+
+LevelAllocator level_allocator(models::UNet2DConditionModelImpl& unet) {
+  const auto gates = attach(unet);
+  return LevelAllocator(gates.units, gates.unit_cost, gates.floor);
+}
 
 TrainResult train_gates(const TrainerOptions& options, const TrainerCallbacks& callbacks) {
   check_options(options);

@@ -36,6 +36,10 @@
 
 #include "model/pruning/gate_scores.h"
 
+namespace ldcp::models {
+class UNet2DConditionModelImpl;
+}
+
 namespace ldcp::pruning {
 
 struct TrainerOptions {
@@ -123,7 +127,8 @@ std::filesystem::path default_cache_dir();
 
 // UNetPruner's level -> kept units mapping, for scores that change every step: `unit_cost` MACs
 // per unit of each layer (as UNetPruner measures them), `floor` the fewest units each layer
-// keeps. Given the current per-layer scores, which units of each layer a level keeps.
+// keeps. Given the current per-layer scores, which units of each layer a level keeps. Layers
+// are in attach_gates() order; flat scores concatenate them in that order.
 class LevelAllocator {
  public:
   LevelAllocator(std::vector<int64_t> units, std::vector<double> unit_cost,
@@ -156,5 +161,8 @@ class LevelAllocator {
   int64_t total_units_ = 0;
   at::Tensor protected_, cost_fraction_;
 };
+
+// The allocator of `unet` (gates attached, costs and floors as UNetPruner measures them).
+LevelAllocator level_allocator(models::UNet2DConditionModelImpl& unet);
 
 }  // namespace ldcp::pruning

@@ -48,7 +48,7 @@ std::string relative_name(const fs::path& data_dir, const fs::path& image) {
 }
 
 std::string shard_name(int64_t shard) {
-  char name[32];
+  char name[48];
   std::snprintf(name, sizeof name, "shard-%05lld.safetensors", static_cast<long long>(shard));
   return name;
 }

@@ -275,20 +275,10 @@ TEST_F(TrainerTest, LevelAllocatorKeepsWhatUNetPrunerKeeps) {
     scores.layers.begin()->second.narrow(0, 0, 3).fill_(0.5);
     std::next(scores.layers.begin())->second.narrow(0, 0, 2).fill_(0.5);
     UNetPruner pruner(*unet, scores);
-    std::vector<int64_t> units, floor;
-    std::vector<double> cost;
+    auto allocator = level_allocator(*unet);
+    const auto& units = allocator.units();
     std::vector<at::Tensor> flat;
-    for (const auto& ref : pruner.layers()) {
-      const auto& gate = *ref.layer->gate();
-      units.push_back(gate.num_units());
-      cost.push_back(
-          static_cast<double>(ref.layer->macs_per_unit_position() * gate.last_positions()));
-      floor.push_back(std::max<int64_t>(
-          1, static_cast<int64_t>(std::ceil(PlannerOptions{}.min_keep_fraction *
-                                            static_cast<double>(gate.num_units())))));
-      flat.push_back(scores.layers.at(ref.name));
-    }
-    LevelAllocator allocator(units, cost, floor);
+    for (const auto& ref : pruner.layers()) flat.push_back(scores.layers.at(ref.name));
     allocator.set_scores(torch::cat(flat));
     EXPECT_NEAR(allocator.cost_fraction().sum().item<double>(), 1.0, 1e-5);
     for (double level : {0.0, 0.05, 0.25, 0.5, 0.6, 0.75, 0.85, 0.95}) {
@@ -308,8 +298,12 @@ TEST_F(TrainerTest, LevelAllocatorKeepsWhatUNetPrunerKeeps) {
       const auto candidate = allocator.protected_mask() == 0;
       const auto dropped = all.masked_select(mask == 0);
       const auto kept_candidates = all.masked_select((mask == 1).logical_and(candidate));
-      if (dropped.numel() > 0) EXPECT_LE(dropped.max().item<double>(), tau);
-      if (kept_candidates.numel() > 0) EXPECT_GE(kept_candidates.min().item<double>(), tau);
+      if (dropped.numel() > 0) {
+        EXPECT_LE(dropped.max().item<double>(), tau);
+      }
+      if (kept_candidates.numel() > 0) {
+        EXPECT_GE(kept_candidates.min().item<double>(), tau);
+      }
     }
   }
 }
