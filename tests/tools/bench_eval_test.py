@@ -39,9 +39,9 @@ def run(argv, timeout=600):
 
 
 def error_lines(stderr):
-    """The error lines: CLI11's "Run with --help" hint aside."""
+    """The error lines: CLI11's "Run with --help" hint and the "loading MODEL" progress aside."""
     return [l for l in stderr.strip().splitlines()
-            if l.strip() and not l.startswith("Run with --help")]
+            if l.strip() and not l.startswith("Run with --help") and not l.startswith("loading ")]
 
 
 def expect_error(argv, tag, mentions):
