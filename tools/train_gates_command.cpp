@@ -122,6 +122,10 @@ void add_train_gates_command(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));
   cmd->add_option("--lr", o.lr, "Adam learning rate of the logits")->capture_default_str();
+  cmd->add_option("--final-lr-fraction", o.final_lr_fraction,
+                  "The learning rate decays (cosine) to lr times this at the last step")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--seed", o.seed, "Random seed (the run is deterministic for it)")
       ->capture_default_str();
   cmd->add_option("--prompt", o.prompt, "Text condition of every image (without --captions)");

@@ -376,6 +376,7 @@ std::map<std::string, std::string> run_identity(const TrainerOptions& o,
           {"resolution", std::to_string(o.resolution)},
           {"batch", std::to_string(o.batch)},
           {"lr", format_double(o.lr)},
+          {"final_lr_fraction", format_double(o.final_lr_fraction)},
           {"temperature", format_double(o.temperature)},
           {"resource_weight", format_double(o.resource_weight)},
           {"levels", join_levels(o.levels)},
@@ -472,6 +473,8 @@ void check_options(const TrainerOptions& o) {
   require(o.steps >= 1, "--steps must be at least 1");
   require(o.batch >= 1, "--batch must be at least 1");
   require(o.lr > 0 && std::isfinite(o.lr), "--lr must be a positive number");
+  require(o.final_lr_fraction >= 0 && o.final_lr_fraction <= 1,
+          "--final-lr-fraction must be in [0, 1]");
   require(o.temperature > 0 && std::isfinite(o.temperature), "--temperature must be positive");
   require(o.resource_weight >= 0 && std::isfinite(o.resource_weight),
           "--resource-weight must be >= 0");
@@ -683,8 +686,10 @@ TrainResult train_gates(const TrainerOptions& options, const TrainerCallbacks& c
   if (val_count > 0) {
     const auto first = validate(state.step);
     if (state.initial_validation.empty()) state.initial_validation = describe(first);
-    log("validation at step " + std::to_string(state.step) +
-        " (relative error per level): " + describe(first));
+    if (!callbacks.validation) {
+      log("validation at step " + std::to_string(state.step) +
+          " (relative error per level): " + describe(first));
+    }
   }
 
   while (state.step < last_step) {
@@ -745,7 +750,11 @@ TrainResult train_gates(const TrainerOptions& options, const TrainerCallbacks& c
     if (state.loss_scale != 1.0) grad = grad / state.loss_scale;
     const bool finite = torch::isfinite(grad).all().item<bool>();
     if (finite) {
-      state.adam.step(state.logits, grad, options.lr);
+      // Cosine decay from lr to lr * final_lr_fraction over the run's steps.
+      const double progress = static_cast<double>(step - 1) / static_cast<double>(options.steps);
+      const double decay = options.final_lr_fraction +
+                           (1 - options.final_lr_fraction) * 0.5 * (1 + std::cos(M_PI * progress));
+      state.adam.step(state.logits, grad, options.lr * decay);
       if (options.dtype == torch::kHalf && ++state.good_steps >= 500) {
         state.loss_scale *= 2;
         state.good_steps = 0;
@@ -777,7 +786,9 @@ TrainResult train_gates(const TrainerOptions& options, const TrainerCallbacks& c
         (options.val_every > 0 ? step % options.val_every == 0 || at_end : checkpoint_now);
     if (validate_now) {
       const auto report_v = validate(step);
-      log("validation at step " + std::to_string(step) + ": " + describe(report_v));
+      if (!callbacks.validation) {
+        log("validation at step " + std::to_string(step) + ": " + describe(report_v));
+      }
     }
     if (checkpoint_now) {
       save_checkpoint(checkpoint_path, state, gen, identity);

@@ -58,8 +58,9 @@ struct TrainerOptions {
   int64_t resolution = 512;  // pixels (centre crop, then resize)
   int64_t steps = 1000;      // total optimisation steps (a resumed run continues to this)
   int64_t batch = 4;
-  double lr = 0.05;          // Adam, on standardised logits
-  double temperature = 0.5;  // T of the sigmoid relaxation (logit units)
+  double lr = 0.05;                // Adam, on standardised logits
+  double final_lr_fraction = 0.1;  // cosine decay to lr * this at the last step (1: constant)
+  double temperature = 0.5;        // T of the sigmoid relaxation (logit units)
   double resource_weight = 1.0;
   // Training levels: samples take the smallest, the largest, and uniform ones between them;
   // validation reports each listed level.
