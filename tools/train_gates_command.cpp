@@ -89,9 +89,12 @@ void run_train_gates(TrainGatesArgs& args) {
     return;
   }
   if (result.validations.size() >= 2) {
-    std::printf("validation error (relative, per level): at start %s; at the end %s\n",
-                format_errors(result.validations.front()).c_str(),
-                format_errors(result.validations.back()).c_str());
+    std::printf(
+        "held-out relative noise-prediction error per level:\n  at the start (magnitude "
+        "order): %s\n  learned:  %s\n  random scores (a control): %s\n",
+        format_errors(result.validations.front()).c_str(),
+        format_errors(result.validations.back()).c_str(),
+        format_errors(result.random_validation).c_str());
   }
   std::printf("wrote %s (learned scores of %zu layers, %lld steps on %lld images; checkpoint %s)\n",
               result.out.string().c_str(), result.scores.layers.size(),

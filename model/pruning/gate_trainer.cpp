@@ -645,11 +645,12 @@ TrainResult train_gates(const TrainerOptions& options, const TrainerCallbacks& c
   }
   result.first_step = state.step;
 
-  auto validate = [&](int64_t step) {
+  // Held-out error of the plans the scores give, per level.
+  auto measure = [&](const at::Tensor& flat_scores, int64_t step) {
     torch::NoGradGuard no_grad;
     ValidationReport report;
     report.step = step;
-    allocator.set_scores(state.logits);
+    allocator.set_scores(flat_scores);
     for (double level : options.levels) {
       gates.set_masks(allocator.keep_mask(level).to(device));
       double sum = 0;
@@ -662,6 +663,10 @@ TrainResult train_gates(const TrainerOptions& options, const TrainerCallbacks& c
       report.relative_error.push_back(val_count > 0 ? sum / static_cast<double>(val_count) : 0.0);
     }
     gates.set_masks({});
+    return report;
+  };
+  auto validate = [&](int64_t step) {
+    auto report = measure(state.logits, step);
     if (callbacks.validation) callbacks.validation(report);
     result.validations.push_back(report);
     return report;
@@ -690,6 +695,13 @@ TrainResult train_gates(const TrainerOptions& options, const TrainerCallbacks& c
       log("validation at step " + std::to_string(state.step) +
           " (relative error per level): " + describe(first));
     }
+    // A control: what uniform random scores (seed 0, as `--scores random`) give.
+    std::vector<at::Tensor> random_parts;
+    const auto random = random_scores(*unet, 0);
+    for (const auto& ref : gates.layers) random_parts.push_back(random.layers.at(ref.name));
+    result.random_validation = measure(torch::cat(random_parts), state.step);
+    log("random scores (a control), relative error per level: " +
+        describe(result.random_validation));
   }
 
   while (state.step < last_step) {
@@ -830,6 +842,9 @@ TrainResult train_gates(const TrainerOptions& options, const TrainerCallbacks& c
   }
   meta["initial_val_error"] = state.initial_validation;  // magnitude init, per level
   if (!result.validations.empty()) meta["final_val_error"] = describe(result.validations.back());
+  if (!result.random_validation.levels.empty()) {
+    meta["random_val_error"] = describe(result.random_validation);
+  }
   result.scores = std::move(scores);
   if (result.finished) {
     if (!options.out.parent_path().empty()) fs::create_directories(options.out.parent_path());

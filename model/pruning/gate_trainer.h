@@ -115,12 +115,18 @@ struct TrainResult {
   int64_t last_step = 0;   // the step the run ended at
   bool finished = false;   // last_step == steps (the gates file was written)
   std::vector<ValidationReport> validations;  // in order, the first at first_step
+  ValidationReport random_validation;         // random scores (seed 0) on the same images
   std::vector<StepReport> steps;              // every step run in this call
 };
 
 // Runs the whole thing: loads the model, fills or reuses the latent cache, trains, writes
-// checkpoints and (when finished) the gates file. Throws DataError for unusable data,
-// std::invalid_argument for bad options or a checkpoint that does not match the run.
+// checkpoints and (when finished) the gates file: source "learned", normalize_per_layer false,
+// metadata fingerprint, model, data, images, train_images, val_images, steps, levels,
+// resolution, batch, lr, temperature, resource_weight, seed, prompt, [captions],
+// final_train_loss, final_distill_loss, final_resource_loss, and the held-out errors
+// ("level:error,...") initial_val_error (magnitude order), final_val_error, random_val_error.
+// Throws DataError for unusable data, std::invalid_argument for bad options or a checkpoint that
+// does not match the run.
 TrainResult train_gates(const TrainerOptions& options, const TrainerCallbacks& callbacks = {});
 
 // The default latent cache root (see TrainerOptions::cache_dir).

@@ -404,7 +404,10 @@ TEST_F(TrainerTest, ShortRunLowersTheLossAndLearnedScoresBeatRandomOnes) {
   EXPECT_EQ(scores.metadata.at("levels"), "0.25,0.5,0.75");
   EXPECT_EQ(scores.metadata.at("resolution"), "64");
   EXPECT_NE(scores.metadata.at("data").find("train"), std::string::npos);
-  for (const char* key : {"final_train_loss", "initial_val_error", "final_val_error"}) {
+  ASSERT_EQ(result.random_validation.levels, after.levels);
+  EXPECT_LT(after.relative_error[1], result.random_validation.relative_error[1]);
+  for (const char* key :
+       {"final_train_loss", "initial_val_error", "final_val_error", "random_val_error"}) {
     EXPECT_TRUE(scores.metadata.count(key)) << key;
   }
   for (const auto& [name, t] : scores.layers) {
