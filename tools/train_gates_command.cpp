@@ -54,8 +54,14 @@ void run_train_gates(TrainGatesArgs& args) {
   int64_t first_step = 0;
   pruning::TrainerCallbacks callbacks;
   callbacks.log = print;
+  bool all_cached = false;
   callbacks.encode = [&](int64_t done, int64_t total) {
-    if (!encode) encode = std::make_unique<Progress>("encoding latents", total);
+    if (!encode && !all_cached) {
+      all_cached = done == total;  // read back from the cache at once: nothing to show
+      if (all_cached) return;
+      encode = std::make_unique<Progress>("encoding latents", total);
+    }
+    if (!encode) return;
     encode->update(done);
     if (done == total) encode->finish();
   };
@@ -90,8 +96,10 @@ void run_train_gates(TrainGatesArgs& args) {
   }
   if (result.validations.size() >= 2) {
     std::printf(
-        "held-out relative noise-prediction error per level:\n  at the start (magnitude "
-        "order): %s\n  learned:  %s\n  random scores (a control): %s\n",
+        "held-out relative noise-prediction error per level:\n  at step %lld%s: %s\n  learned:  "
+        "%s\n  random scores (a control): %s\n",
+        static_cast<long long>(result.validations.front().step),
+        result.validations.front().step == 0 ? " (magnitude order)" : "",
         format_errors(result.validations.front()).c_str(),
         format_errors(result.validations.back()).c_str(),
         format_errors(result.random_validation).c_str());
