@@ -7,6 +7,7 @@
 //    the same seed, its step latency and peak memory.
 // Writes results.json, results.csv, results.md, plots (gnuplot: quality.png, latency.png,
 // memory.png) and one grid of images per source (rows: prompts, columns: levels).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
