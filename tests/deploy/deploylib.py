@@ -274,6 +274,26 @@ def environment(env):
                 os.environ[k] = v
 
 
+# The demo model is small: small images and few steps by default, so that requests whose data
+# leaves size and steps to the server (the ghz scenarios) run in a fraction of a second.
+DEMO_OVERRIDES = {"LDCP_DEFAULT_SIZE": 64, "LDCP_CALIBRATE_SIZES": "64x64",
+                  "LDCP_DEFAULT_STEPS": 4, "LDCP_LOG_FORMAT": "text"}
+
+
+def start_server(work, overlay="cpu", name="server", **overrides):
+    """ldcp-server on the tiny demo model, configured by `overlay`'s ConfigMap (as the pod's
+    environment) with DEMO_OVERRIDES and `overrides` on top, on loopback ports."""
+    env = server_env(render(overlay))
+    env.update(DEMO_OVERRIDES)
+    env.update(overrides)
+    for k in ("LDCP_LISTEN", "LDCP_METRICS_LISTEN", "LDCP_MODEL"):
+        env.pop(k)  # the Server's flags: the demo model, free loopback ports
+    model = lib.demo_model(work)
+    with environment(env):
+        server = lib.Server(model, work, name=name)
+    return server.wait_ready(timeout=120)
+
+
 def mixed_request(pb, i, prefix="load"):
     """The i-th of a cycle of AUTO, AUTO with max_level, FIXED (a level, per-step levels) and
     OFF requests; size and steps are left to the server's defaults."""
