@@ -25,6 +25,18 @@ void add_options(CLI::App& app, ServerConfig& c) {
       ->capture_default_str();
   app.add_flag("--fp16-weights", c.fp16_weights, "Load *.fp16.safetensors variants when present")
       ->envname(env("FP16_WEIGHTS"));
+  app.add_option("--scores", c.score_source,
+                 "Importance scores when no --gates file is given: magnitude (from the weights) "
+                 "or random (a control)")
+      ->envname(env("SCORES"))
+      ->check(CLI::IsMember({"magnitude", "random"}))
+      ->capture_default_str();
+  app.add_option("--vae-tile-size", c.vae_tile_size,
+                 "Decode images larger than this many pixels (either side) in overlapping tiles, "
+                 "so the decoder's memory peak stays that of one tile; 0 decodes whole images")
+      ->envname(env("VAE_TILE_SIZE"))
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
 
   app.add_option("--listen", c.listen, "gRPC address (host:port)")
       ->envname(env("LISTEN"))

@@ -19,6 +19,8 @@ struct ServerConfig {
   std::string device = "cpu";
   std::string dtype = "fp32";
   bool fp16_weights = false;
+  std::string score_source = "magnitude";  // without --gates: magnitude or random
+  int64_t vae_tile_size = 0;               // pixels; 0: decode whole images
 
   // Network.
   std::string listen = "127.0.0.1:50051";

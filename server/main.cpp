@@ -45,6 +45,8 @@ int serve(const ServerConfig& c) {
   options.device = c10::Device(c.device);
   options.dtype = parse_dtype(c.dtype);
   options.prefer_fp16_weights = c.fp16_weights;
+  options.score_source = c.score_source;
+  options.vae_tile_size = c.vae_tile_size;
   if (!c.gates_file.empty()) options.gates_file = c.gates_file;
   if (c.min_size > c.max_size) throw std::invalid_argument("--min-size exceeds --max-size");
 

@@ -71,6 +71,7 @@ std::filesystem::path output_path(const std::filesystem::path& out, int64_t inde
 
 struct GenerateArgs {
   std::string model, out, device = "cpu", dtype = "fp32", gates, scores = "magnitude";
+  int64_t vae_tile_size = 0;
   pipelines::GenerationParams params;
   std::optional<uint64_t> seed;
   bool fp16_weights = false;
@@ -86,10 +87,12 @@ void run_generate(GenerateArgs& args) {
   options.prefer_fp16_weights = args.fp16_weights;
   options.gates_file = args.gates;
   options.score_source = args.scores;
+  options.vae_tile_size = args.vae_tile_size;
   auto& params = args.params;
   params.seed = args.seed ? *args.seed : std::random_device{}();
   if (!args.pruning_steps.empty()) {
-    params.pruning = pruning::PruningSchedule::steps(parse_levels(args.pruning_steps, "--pruning-steps"));
+    params.pruning =
+        pruning::PruningSchedule::steps(parse_levels(args.pruning_steps, "--pruning-steps"));
   } else if (args.pruning_level) {
     params.pruning = pruning::PruningSchedule::fixed(*args.pruning_level);
     params.pruning.below_timestep = args.pruning_below_timestep;
@@ -143,16 +146,19 @@ void add_generate_command(CLI::App& app) {
   generate->add_option("--negative-prompt", gen.params.negative_prompt, "Negative prompt");
   generate->add_option("--width", gen.params.width, "Width in pixels, multiple of 8 (0: model's)")
       ->capture_default_str();
-  generate->add_option("--height", gen.params.height, "Height in pixels, multiple of 8 (0: model's)")
+  generate
+      ->add_option("--height", gen.params.height, "Height in pixels, multiple of 8 (0: model's)")
       ->capture_default_str();
   generate->add_option("--steps", gen.params.steps, "Denoising steps")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000));
-  generate->add_option("--guidance", gen.params.guidance_scale,
-                       "Classifier-free guidance scale (<= 1 turns guidance off)")
+  generate
+      ->add_option("--guidance", gen.params.guidance_scale,
+                   "Classifier-free guidance scale (<= 1 turns guidance off)")
       ->capture_default_str();
-  generate->add_option("--guidance-rescale", gen.params.guidance_rescale,
-                       "Guidance rescale factor in [0, 1]")
+  generate
+      ->add_option("--guidance-rescale", gen.params.guidance_rescale,
+                   "Guidance rescale factor in [0, 1]")
       ->capture_default_str();
   generate->add_option("--sampler", gen.params.sampler, "Sampler")
       ->capture_default_str()
@@ -168,8 +174,9 @@ void add_generate_command(CLI::App& app) {
       ->check(CLI::IsMember({"fp32", "fp16", "bf16", "float32", "float16", "bfloat16"}));
   generate->add_flag("--fp16-weights", gen.fp16_weights,
                      "Load *.fp16.safetensors weight variants when present");
-  generate->add_option("--pruning-level", gen.pruning_level,
-                       "Prune the U-Net at this level in [0, 1) (fraction of gated FLOPs dropped)")
+  generate
+      ->add_option("--pruning-level", gen.pruning_level,
+                   "Prune the U-Net at this level in [0, 1) (fraction of gated FLOPs dropped)")
       ->check(CLI::Range(0.0, 0.999999));
   generate->add_option("--pruning-below-timestep", gen.pruning_below_timestep,
                        "With --pruning-level: prune only the steps whose timestep is below this");
@@ -177,6 +184,10 @@ void add_generate_command(CLI::App& app) {
                        "Per-step levels, comma-separated (the last repeats)");
   generate->add_option("--gates", gen.gates, "Gates file with learned scores (ldcp train-gates)")
       ->check(CLI::ExistingFile);
+  generate
+      ->add_option("--vae-tile-size", gen.vae_tile_size,
+                   "Decode images larger than this (pixels) in overlapping tiles (0: whole)")
+      ->capture_default_str();
   generate->add_option("--scores", gen.scores, "Scores without a gates file: magnitude or random")
       ->capture_default_str()
       ->check(CLI::IsMember({"magnitude", "random"}));

@@ -73,18 +73,25 @@ std::unique_ptr<StableDiffusionPipeline> StableDiffusionPipeline::load(
   parts->model_dir = model_dir;
   parts->options = options;
   parts->folder = io::ModelFolder::open(model_dir);
-  parts->tokenizer =
-      std::make_unique<clip::ClipTokenizer>(clip::ClipTokenizer::from_folder(parts->folder.tokenizer));
+  parts->tokenizer = std::make_unique<clip::ClipTokenizer>(
+      clip::ClipTokenizer::from_folder(parts->folder.tokenizer));
   io::LoadOptions load_options;
   load_options.prefer_fp16 = options.prefer_fp16_weights;
   parts->text_encoder = clip::load_clip_text_model(parts->folder.text_encoder, load_options);
   parts->unet = models::load_unet(parts->folder.unet, load_options);
   parts->vae = models::load_vae(parts->folder.vae, load_options);
+  const int64_t scale = parts->vae->config().spatial_scale();
+  if (options.vae_tile_size < 0 || options.vae_tile_size % scale != 0) {
+    throw std::invalid_argument("vae_tile_size: " + std::to_string(options.vae_tile_size) +
+                                " is not 0 or a positive multiple of " + std::to_string(scale));
+  }
+  if (!(options.vae_tile_overlap >= 0 && options.vae_tile_overlap < 1)) {
+    throw std::invalid_argument("vae_tile_overlap: must be in [0, 1)");
+  }
   parts->scheduler_config = parts->folder.scheduler_config();
-  for (torch::nn::Module* module :
-       {static_cast<torch::nn::Module*>(parts->text_encoder.get()),
-        static_cast<torch::nn::Module*>(parts->unet.get()),
-        static_cast<torch::nn::Module*>(parts->vae.get())}) {
+  for (torch::nn::Module* module : {static_cast<torch::nn::Module*>(parts->text_encoder.get()),
+                                    static_cast<torch::nn::Module*>(parts->unet.get()),
+                                    static_cast<torch::nn::Module*>(parts->vae.get())}) {
     module->eval();
     module->to(options.device, options.dtype);
   }
@@ -129,10 +136,10 @@ const std::filesystem::path& StableDiffusionPipeline::model_dir() const {
 }
 
 void StableDiffusionPipeline::validate(const GenerationParams& p) const {
-  require(p.width >= 8 && p.width % 8 == 0, "width must be a positive multiple of 8, got " +
-                                                std::to_string(p.width));
-  require(p.height >= 8 && p.height % 8 == 0, "height must be a positive multiple of 8, got " +
-                                                  std::to_string(p.height));
+  require(p.width >= 8 && p.width % 8 == 0,
+          "width must be a positive multiple of 8, got " + std::to_string(p.width));
+  require(p.height >= 8 && p.height % 8 == 0,
+          "height must be a positive multiple of 8, got " + std::to_string(p.height));
   require(p.width % vae_scale_factor() == 0 && p.height % vae_scale_factor() == 0,
           "width and height must be multiples of the VAE scale factor " +
               std::to_string(vae_scale_factor()));
@@ -223,16 +230,17 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
     results[r].timings.text_encoding_s = seconds_since(encode_start);
     schedulers::SamplerOptions sampler_options;
     sampler_options.eta = p.eta;
-    slot.scheduler = schedulers::make_scheduler(p.sampler, parts_->scheduler_config, sampler_options);
+    slot.scheduler =
+        schedulers::make_scheduler(p.sampler, parts_->scheduler_config, sampler_options);
     slot.scheduler->set_timesteps(p.steps);
     if (r == 0) timesteps = slot.scheduler->timesteps();
     // As diffusers' randn_tensor with a CPU generator: drawn on the CPU in the target dtype.
     slot.generator = at::make_generator<at::CPUGeneratorImpl>(p.seed);
-    slot.latents = at::randn({p.num_images, unet_config.in_channels, p.height / scale,
-                              p.width / scale},
-                             slot.generator, at::TensorOptions().dtype(opts.dtype))
-                       .to(opts.device) *
-                   slot.scheduler->init_noise_sigma();
+    slot.latents =
+        at::randn({p.num_images, unet_config.in_channels, p.height / scale, p.width / scale},
+                  slot.generator, at::TensorOptions().dtype(opts.dtype))
+            .to(opts.device) *
+        slot.scheduler->init_noise_sigma();
   }
 
   const auto denoise_start = Clock::now();
@@ -276,10 +284,10 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
     }
     ++steps_run;
     channel_fraction_sum += plan.dropped_channel_fraction;
-    macs_fraction_sum += macs_it->second > 0
-                             ? static_cast<double>(parts_->pruner->dropped_macs_last_forward(plan)) /
-                                   static_cast<double>(macs_it->second)
-                             : 0.0;
+    macs_fraction_sum +=
+        macs_it->second > 0 ? static_cast<double>(parts_->pruner->dropped_macs_last_forward(plan)) /
+                                  static_cast<double>(macs_it->second)
+                            : 0.0;
     int64_t offset = 0;
     for (size_t k = 0; k < active.size(); ++k) {
       const size_t r = active[k];
@@ -292,7 +300,8 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
         auto chunks = noise.chunk(2);
         auto noise_text = chunks[1];
         noise = chunks[0] + p.guidance_scale * (noise_text - chunks[0]);
-        if (p.guidance_rescale > 0) noise = rescale_noise_cfg(noise, noise_text, p.guidance_rescale);
+        if (p.guidance_rescale > 0)
+          noise = rescale_noise_cfg(noise, noise_text, p.guidance_rescale);
       }
       slot.latents = slot.scheduler->step(noise, t, slot.latents, slot.generator);
       results[r].timesteps.push_back(t_value);
@@ -309,6 +318,14 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
   // One image at a time: the decoder's activations at full resolution dominate a request's
   // peak memory, and they scale with the batch.
   const double scaling_factor = parts_->vae->config().scaling_factor;
+  const int64_t tile = parts_->options.vae_tile_size;
+  auto decode_latents = [&](const at::Tensor& latents) {
+    const int64_t scale = vae_scale_factor();
+    if (tile > 0 && (latents.size(2) * scale > tile || latents.size(3) * scale > tile)) {
+      return parts_->vae->decode_tiled(latents, tile / scale, parts_->options.vae_tile_overlap);
+    }
+    return parts_->vae->decode(latents);
+  };
   for (size_t r = 0; r < count; ++r) {
     auto& result = results[r];
     result.timings.denoising_s = denoising_s;
@@ -316,7 +333,7 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
     const auto decode_start = Clock::now();
     std::vector<at::Tensor> images;
     for (int64_t n = 0; n < slots[r].latents.size(0); ++n) {
-      auto image = parts_->vae->decode(slots[r].latents.narrow(0, n, 1) / scaling_factor);
+      auto image = decode_latents(slots[r].latents.narrow(0, n, 1) / scaling_factor);
       images.push_back((image / 2 + 0.5).clamp(0, 1).to(torch::kCPU, torch::kFloat));
     }
     result.images = torch::cat(images).permute({0, 2, 3, 1}).contiguous();

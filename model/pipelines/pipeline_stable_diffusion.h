@@ -34,10 +34,10 @@ struct GenerationParams {
   int64_t width = 512;          // pixels, multiple of 8
   int64_t height = 512;
   int64_t steps = 50;
-  double guidance_scale = 7.5;   // > 1 enables classifier-free guidance
-  double guidance_rescale = 0.0; // diffusers' rescale_noise_cfg factor, in [0, 1]
-  std::string sampler = "pndm";  // one of schedulers::sampler_names()
-  double eta = 0.0;              // DDIM only
+  double guidance_scale = 7.5;    // > 1 enables classifier-free guidance
+  double guidance_rescale = 0.0;  // diffusers' rescale_noise_cfg factor, in [0, 1]
+  std::string sampler = "pndm";   // one of schedulers::sampler_names()
+  double eta = 0.0;               // DDIM only
   uint64_t seed = 0;
   int64_t num_images = 1;
   pruning::PruningSchedule pruning;  // the U-Net's pruning level per step (default: off)
@@ -61,9 +61,10 @@ struct GenerationTimings {
 };
 
 struct GenerationResult {
-  at::Tensor images;  // [num_images, height, width, 3] float32 in [0, 1] on the CPU (empty if stopped)
-  std::vector<double> timesteps;    // the timesteps that ran
-  std::vector<double> step_levels;  // the pruning level of each step that ran
+  at::Tensor
+      images;  // [num_images, height, width, 3] float32 in [0, 1] on the CPU (empty if stopped)
+  std::vector<double> timesteps;       // the timesteps that ran
+  std::vector<double> step_levels;     // the pruning level of each step that ran
   double pruned_channel_fraction = 0;  // of the gated channels, averaged over the steps
   double pruned_flops_fraction = 0;    // of the U-Net's FLOPs, averaged over the steps
   int64_t peak_memory_bytes = 0;       // measured peak of the run (whole batch)
@@ -81,6 +82,11 @@ struct PipelineOptions {
   std::filesystem::path gates_file;
   std::string score_source = "magnitude";  // when no gates file: "magnitude" or "random"
   uint64_t random_scores_seed = 0;
+  // Decode images larger than this (pixels, either side) in overlapping tiles of this size, as
+  // diffusers' enable_vae_tiling: the decoder's peak then stays that of one tile, so that the
+  // U-Net (and its pruning level) sets a request's peak. 0: whole images.
+  int64_t vae_tile_size = 0;
+  double vae_tile_overlap = 0.25;  // diffusers' tile_overlap_factor
 };
 
 class StableDiffusionPipeline {
@@ -94,10 +100,10 @@ class StableDiffusionPipeline {
   // Throws std::invalid_argument naming the parameter for an invalid request.
   GenerationResult generate(const GenerationParams& params, const StepCallback& callback = {});
 
-  // Several batchable() requests as one U-Net batch; results in request order, each equal (to rounding) to
-  // what generate() gives for that request alone. `callback(i, step)` is called for request i
-  // after each step; returning false drops request i from the batch (its result is stopped)
-  // while the others go on.
+  // Several batchable() requests as one U-Net batch; results in request order, each equal (to
+  // rounding) to what generate() gives for that request alone. `callback(i, step)` is called for
+  // request i after each step; returning false drops request i from the batch (its result is
+  // stopped) while the others go on.
   using BatchStepCallback = std::function<bool(size_t request, const StepInfo&)>;
   std::vector<GenerationResult> generate_batch(const std::vector<GenerationParams>& requests,
                                                const BatchStepCallback& callback = {});

@@ -122,6 +122,36 @@ TEST_F(PipelineTest, NativeResolutionIsSampleSizeTimesVaeFactor) {
   EXPECT_EQ(pipeline_->native_resolution(), 64);  // tiny-a: sample_size 8
 }
 
+// Tiled decoding (diffusers' enable_vae_tiling): off when the image fits one tile, and when on,
+// the decoder's measured peak is that of a tile, so the whole run's peak falls.
+TEST(PipelineVaeTiling, TilesOnlyLargerImagesAndLowersThePeak) {
+  const auto model = ldcp::testing::parity_model("tiny-a");
+  auto whole = StableDiffusionPipeline::load(model);
+  PipelineOptions options;
+  options.vae_tile_size = 32;
+  auto tiled = StableDiffusionPipeline::load(model, options);
+  GenerationParams p;
+  p.prompt = "a lighthouse";
+  p.steps = 2;
+  p.seed = 3;
+  p.width = p.height = 32;  // one tile: decoded whole, the same image
+  EXPECT_TRUE(torch::equal(whole->generate(p).images, tiled->generate(p).images));
+  p.width = p.height = 128;
+  const auto a = whole->generate(p);
+  const auto b = tiled->generate(p);
+  ASSERT_EQ(b.images.sizes(), a.images.sizes());
+  EXPECT_FALSE(torch::equal(a.images, b.images));  // the seams are blended: not bit-equal
+  EXPECT_LT(b.peak_memory_above_weights_bytes, a.peak_memory_above_weights_bytes / 2);
+
+  options.vae_tile_size = 36;
+  try {
+    StableDiffusionPipeline::load(model, options);
+    FAIL() << "expected an error";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("vae_tile_size"), std::string::npos) << e.what();
+  }
+}
+
 TEST(PipelineLoad, MissingFolderNamesThePath) {
   try {
     StableDiffusionPipeline::load("/nonexistent/model");
