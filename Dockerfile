@@ -111,7 +111,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 ldcp \
  && useradd --system --uid 10001 --gid ldcp --home-dir /home/ldcp --create-home \
-      --shell /usr/sbin/nologin ldcp
+      --shell /usr/sbin/nologin ldcp \
+ && install -d -o ldcp -g ldcp /models
 
 COPY --from=build /opt/ldcp /opt/ldcp
 # Every library resolves (the NVIDIA driver's libcuda.so.1 is mounted at run time by the
@@ -132,8 +133,10 @@ ENV PATH=/opt/ldcp/bin:${PATH} \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     HOME=/home/ldcp
 
-# The model folder is mounted here (read-only); a gates file too, with LDCP_GATES naming it.
-# On the CPU the server needs LDCP_MEMORY_BUDGET (e.g. 8GiB).
+# The model folder is mounted at /models/model (read-only); a gates file too, with LDCP_GATES
+# naming it. /models itself is empty and owned by the ldcp user, so that a new named volume
+# mounted there is writable for `ldcp init-demo-model`. On the CPU the server needs
+# LDCP_MEMORY_BUDGET (e.g. 8GiB).
 WORKDIR /home/ldcp
 USER 10001:10001
 EXPOSE 50051 9464

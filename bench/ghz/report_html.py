@@ -14,10 +14,11 @@ import json
 import sys
 from pathlib import Path
 
-STYLE = """body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
+STYLE = """body{font-family:sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}th{background:#f0f0f0}
-td:first-child,th:first-child{text-align:left}h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.5em}
-.bar{fill:#3b73b9}.ok{color:#1a7f37}.bad{color:#b42318}"""
+td:first-child,th:first-child{text-align:left}h1{font-size:1.4em}
+h2{font-size:1.1em;margin-top:1.5em}.bar{fill:#3b73b9}.ok{color:#1a7f37}.bad{color:#b42318}"""
 
 
 def seconds(ns):
@@ -79,7 +80,8 @@ def scenario_page(report, title):
     errors = report.get("errorDistribution") or {}
     if errors:
         body += ["<h2>Errors</h2>",
-                 table(["error", "calls"], [[html.escape(k), v] for k, v in sorted(errors.items())])]
+                 table(["error", "calls"],
+                       [[html.escape(k), v] for k, v in sorted(errors.items())])]
     return page(title, body)
 
 
@@ -101,7 +103,8 @@ def index_page(paths):
         r = json.loads(Path(p).read_text())
         codes = r.get("statusCodeDistribution") or {}
         name = Path(p).stem
-        rows.append([f'<a href="{html.escape(name)}.html">{html.escape(name)}</a>', r.get("count", 0),
+        link = f'<a href="{html.escape(name)}.html">{html.escape(name)}</a>'
+        rows.append([link, r.get("count", 0),
                      codes.get("OK", 0), f"{r.get('rps', 0):.3f}", p_latency(r, 50),
                      p_latency(r, 95), p_latency(r, 99),
                      html.escape(", ".join(f"{k} {v}" for k, v in sorted(codes.items())))])

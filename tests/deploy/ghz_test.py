@@ -109,9 +109,10 @@ class Configs(unittest.TestCase):
                                 for m in messages(cfg)))
                 self.assertGreaterEqual(dl.parse_bytes(cfg["max-send-message-size"]), biggest)
                 data = cfg["data"]
-                self.assertTrue(isinstance(data, dict) or (isinstance(data, list) and data
-                                                           and all(isinstance(m, dict) for m in data)))
-                modes = {m.get("pruning", {}).get("mode", "PRUNING_MODE_AUTO") for m in messages(cfg)}
+                self.assertTrue(isinstance(data, dict) or (
+                    isinstance(data, list) and data and all(isinstance(m, dict) for m in data)))
+                modes = {m.get("pruning", {}).get("mode", "PRUNING_MODE_AUTO")
+                         for m in messages(cfg)}
                 self.assertEqual(modes, {"PRUNING_MODE_AUTO", "PRUNING_MODE_FIXED",
                                          "PRUNING_MODE_OFF"}, "each scenario mixes the modes")
                 for m in messages(cfg):

@@ -39,7 +39,8 @@ def pod_template_labels(obj):
 class Overlays(unittest.TestCase):
     def server(self, objs):
         dep = dl.only(objs, "Deployment", "ldcp-server")
-        return dep, dep["spec"]["template"]["spec"], dep["spec"]["template"]["spec"]["containers"][0]
+        spec = dep["spec"]["template"]["spec"]
+        return dep, spec, spec["containers"][0]
 
     def test_objects_and_namespace(self):
         kinds = {"Namespace", "ConfigMap", "Service", "PersistentVolumeClaim", "Deployment",
@@ -131,7 +132,8 @@ class Overlays(unittest.TestCase):
                     self.assertFalse(matches(dep["spec"]["selector"]["matchLabels"], jp))
                 hpa = dl.only(objs, "HorizontalPodAutoscaler")
                 ref = hpa["spec"]["scaleTargetRef"]
-                self.assertEqual((ref["kind"], ref["name"]), ("Deployment", dep["metadata"]["name"]))
+                self.assertEqual((ref["kind"], ref["name"]),
+                                 ("Deployment", dep["metadata"]["name"]))
                 self.assertNotIn("replicas", dep["spec"], "the HPA owns the replica count")
                 self.assertLessEqual(hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"])
                 # The ConfigMaps the pod reads are the ones rendered (hash suffixes included).
@@ -180,7 +182,8 @@ class Overlays(unittest.TestCase):
                     spec = o["spec"]["template"]["spec"]
                     self.assertTrue(spec["securityContext"]["runAsNonRoot"])
                     self.assertGreaterEqual(spec["securityContext"]["runAsUser"], 1000)
-                    self.assertEqual(spec["securityContext"]["seccompProfile"]["type"], "RuntimeDefault")
+                    self.assertEqual(spec["securityContext"]["seccompProfile"]["type"],
+                                     "RuntimeDefault")
                     mounts = set()
                     for c in spec["containers"]:
                         sc = c["securityContext"]
@@ -201,10 +204,12 @@ class Overlays(unittest.TestCase):
                 model_vol = next(n for n, v in vols.items() if "persistentVolumeClaim" in v)
                 self.assertEqual(vols[model_vol]["persistentVolumeClaim"]["claimName"],
                                  pvc["metadata"]["name"])
-                self.assertTrue(mounts[model_vol]["readOnly"], "the servers mount the model read-only")
+                self.assertTrue(mounts[model_vol]["readOnly"],
+                                "the servers mount the model read-only")
                 self.assertTrue(env["LDCP_MODEL"].startswith(mounts[model_vol]["mountPath"] + "/"))
                 if env.get("LDCP_GATES"):
-                    self.assertTrue(env["LDCP_GATES"].startswith(mounts[model_vol]["mountPath"] + "/"))
+                    self.assertTrue(
+                        env["LDCP_GATES"].startswith(mounts[model_vol]["mountPath"] + "/"))
                 job = dl.only(objs, "Job", "ldcp-model-fetch")
                 jspec = job["spec"]["template"]["spec"]
                 jc = jspec["containers"][0]
@@ -263,8 +268,8 @@ class Overlays(unittest.TestCase):
                     run_env = dict(env, LDCP_MODEL=f"{d}/no-model", LDCP_LISTEN="127.0.0.1:0",
                                    LDCP_METRICS_LISTEN="127.0.0.1:0", LDCP_LOG_FORMAT="text",
                                    PATH="/usr/bin:/bin")
-                    r = subprocess.run([dl.lib.tool("ldcp-server")], env=run_env, capture_output=True,
-                                       text=True, timeout=60)
+                    r = subprocess.run([dl.lib.tool("ldcp-server")], env=run_env,
+                                       capture_output=True, text=True, timeout=60)
                 out = r.stdout + r.stderr
                 self.assertNotEqual(r.returncode, 0)
                 self.assertIn(f"loading {d}/no-model on {env['LDCP_DEVICE']}", out,
@@ -306,6 +311,14 @@ class Overlays(unittest.TestCase):
                 self.assertIn("ldcp_queue_depth", names)
                 for n in names:
                     self.assertIn(n, exposed, f"no prometheus-adapter rule serves {n}")
+
+    def test_grafana_dashboard_configmap(self):
+        cm = dl.only(dl.kustomize(dl.MONITORING / "grafana"), "ConfigMap")
+        self.assertEqual(cm["metadata"]["labels"]["grafana_dashboard"], "1")
+        self.assertEqual(json.loads(cm["data"]["ldcp-dashboard.json"]), dl.dashboard())
+        provider = yaml.safe_load(
+            (dl.MONITORING / "grafana/provisioning/dashboards/ldcp.yaml").read_text())
+        self.assertEqual(provider["providers"][0]["type"], "file")
 
     def test_kubernetes_scrape_config_reads_the_annotations(self):
         cfg = yaml.safe_load((dl.MONITORING / "prometheus/prometheus-kubernetes.yml").read_text())

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import time
 import unittest
-from pathlib import Path
 
 import yaml
 
@@ -193,7 +192,8 @@ class Live(unittest.TestCase):
             with self.subTest(metric=r["name"]["as"]):
                 result = self.prom.query(q)
                 self.assertEqual(len(result), 1, q)
-                self.assertEqual(result[0]["metric"], {"instance": f"127.0.0.1:{self.server.metrics_port}"})
+                self.assertEqual(result[0]["metric"],
+                                 {"instance": f"127.0.0.1:{self.server.metrics_port}"})
                 self.assertFalse(math.isnan(float(result[0]["value"][1])), q)
 
     def test_docker_healthcheck_command(self):
