@@ -29,7 +29,10 @@ import ldcp_testlib as lib
 
 pb, pb_grpc = lib.load_stubs()
 
-SIZE = 64
+# Large enough that, with the decoder tiled (--vae-tile-size), the U-Net batch (and so its
+# pruning level) sets a request's memory peak, as it does for SD1.5 with several images.
+SIZE = 128
+TILE = 32
 STEPS = 4
 WORK = Path(tempfile.mkdtemp(prefix="ldcp-server-it-"))
 SERVER = None
@@ -83,7 +86,7 @@ def stream(req, timeout=120):
 def setUpModule():
     global SERVER, CHANNEL, STUB, COSTS
     model = lib.demo_model(WORK)
-    common = ["--device", "cpu", "--default-size", SIZE, "--calibrate-sizes", f"{SIZE}x{SIZE}",
+    common = ["--device", "cpu", "--default-size", SIZE, "--vae-tile-size", TILE, "--calibrate-sizes", f"{SIZE}x{SIZE}",
               "--calibrate-levels", "0,0.35,0.7", "--calibrate-steps", 1, "--max-batch", 4,
               "--batch-window-ms", 50, "--max-queue", 16]
     # A probe run measures the model (idle baseline, batch costs) so that the real budget can
