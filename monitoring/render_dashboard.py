@@ -16,6 +16,7 @@ import argparse
 import datetime
 import math
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -105,6 +106,7 @@ def run(args):
         if prom:
             prom.stop()
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def draw(panels, duration, budget, out):

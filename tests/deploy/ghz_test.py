@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import textwrap
 import unittest
@@ -160,6 +161,7 @@ class Live(unittest.TestCase):
     def tearDownClass(cls):
         cls.channel.close()
         cls.server.stop()
+        shutil.rmtree(cls.work, ignore_errors=True)
 
     def reflected_methods(self):
         stub = reflection_pb2_grpc.ServerReflectionStub(self.channel)
@@ -282,6 +284,7 @@ class RunScript(unittest.TestCase):
 
     def test_runs_scenarios_and_keeps_json_and_html(self):
         work = dl.workdir("ldcp-ghz-run-")
+        self.addCleanup(shutil.rmtree, work, ignore_errors=True)
         env = self.fake_ghz(work)
         out = work / "reports"
         r = self.run_script(env, "--host", "127.0.0.1:50051", "--out", str(out), "steady", "stream")
@@ -306,6 +309,7 @@ class RunScript(unittest.TestCase):
 
     def test_cluster_target_and_failures(self):
         work = dl.workdir("ldcp-ghz-run-")
+        self.addCleanup(shutil.rmtree, work, ignore_errors=True)
         env = self.fake_ghz(work, rc=1)
         out = work / "reports"
         target = "dns:///ldcp-server-grpc.ldcp.svc.cluster.local:50051"

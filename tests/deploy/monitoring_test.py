@@ -126,6 +126,7 @@ class Live(unittest.TestCase):
         if cls.prom:
             cls.prom.stop()
         cls.server.stop()
+        shutil.rmtree(cls.work, ignore_errors=True)
 
     def test_load_was_served(self):
         self.assertGreater(self.codes.get("OK", 0), 5, self.codes)
