@@ -21,9 +21,11 @@ APT_PACKAGES=(
   prometheus-cpp-dev libspdlog-dev libfmt-dev libboost-dev libboost-system-dev
   nlohmann-json3-dev libcli11-dev libpng-dev libjpeg62-turbo-dev libicu-dev zlib1g-dev
   libgtest-dev libgmock-dev
-  prometheus
   gnuplot-nox
 )
+# The tests also run a real Prometheus (promtool checks the rules) and render the Kubernetes
+# manifests with kubectl kustomize (kubectl and hadolint come as PyPI wheels, requirements-test.txt).
+if ((want_test_deps)); then APT_PACKAGES+=(prometheus); fi
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
