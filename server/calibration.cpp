@@ -50,6 +50,21 @@ std::vector<double> calibrate(Engine& engine, CostModel& costs, const Calibratio
     }
     if (ok) ran.push_back(level);
   }
+  // Pruning only lowers the peak when the U-Net sets it; say so when something else does.
+  if (ran.size() > 1) {
+    for (const auto& [w, h] : plan.sizes) {
+      const int64_t full = costs.estimate(1, w, h, 0.0);
+      const int64_t pruned = costs.estimate(1, w, h, ran.back());
+      if (pruned >= full * 0.98) {
+        log_warn(
+            strf("calibration: at %lldx%lld pruning to level %.2f does not lower the peak "
+                 "(%lld vs %lld bytes): the decoder or the text encoder sets it, so AUTO "
+                 "cannot trade quality for memory there; --vae-tile-size may help",
+                 static_cast<long long>(w), static_cast<long long>(h), ran.back(),
+                 static_cast<long long>(pruned), static_cast<long long>(full)));
+      }
+    }
+  }
   return ran;
 }
 

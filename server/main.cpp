@@ -131,6 +131,11 @@ int serve(const ServerConfig& c) {
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   });
   io.run();
+  // A repeated SIGTERM (an impatient supervisor) must not kill the process while it tears down
+  // after a clean drain: the exit status stays 0.
+  signals.clear();
+  std::signal(SIGINT, SIG_IGN);
+  std::signal(SIGTERM, SIG_IGN);
   server->Wait();
   log_info("stopped");
   return 0;

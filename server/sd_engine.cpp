@@ -5,6 +5,10 @@
 #include <c10/util/Exception.h>
 #include <torch/torch.h>
 
+#include "model/pruning/gate_scores.h"
+#include "model/pruning/unet_pruner.h"
+#include "server/logging.h"
+
 namespace ldcp::server {
 
 SdEngine::SdEngine(const std::filesystem::path& model_dir,
@@ -14,6 +18,9 @@ SdEngine::SdEngine(const std::filesystem::path& model_dir,
   auto dir = std::filesystem::absolute(model_dir).lexically_normal();
   if (dir.filename().empty()) dir = dir.parent_path();
   name_ = dir.filename().string();
+  const auto& scores = pipeline_->pruner().scores();
+  log_info("pruning scores: " + scores.source +
+           (options.gates_file.empty() ? std::string() : " from " + options.gates_file.string()));
 }
 
 std::vector<pipelines::GenerationResult> SdEngine::run(

@@ -98,6 +98,7 @@ def setUpModule():
     one, two = COSTS[(1, SIZE, SIZE, 0.0)], COSTS[(2, SIZE, SIZE, 0.0)]
     two_pruned = COSTS[(2, SIZE, SIZE, 0.7)]
     assert two_pruned < two, f"pruning does not lower the measured memory: {COSTS}"
+    assert "does not lower the peak" not in probe.log(), probe.log()
     room = int(1.05 * (two_pruned + two) / 2)
     assert 1.05 * one < room, f"calibration {COSTS} leaves no room between 1 and 2 images"
     # A little slack over the measured baseline (allocator noise between runs).
@@ -473,6 +474,78 @@ class T10Drain(unittest.TestCase):
                 self.assertEqual(len(c.result().images), 1)
         self.assertEqual(server.stop(timeout=120), 0, server.log()[-3000:])
         self.assertIn("draining", server.log())
+
+
+class T11Gates(unittest.TestCase):
+    """--gates (learned scores from `ldcp train-gates`) and --scores select which channels a level
+    drops: the same request at the same level gives other images; a gates file that does not fit
+    the model stops the server at start-up with the layer named."""
+
+    # At 64x64 without tiling the decoder sets the tiny model's peak: the server warns that
+    # pruning cannot lower it there.
+    FLAGS = ["--memory-budget", "64GiB", "--default-size", 64, "--calibrate-sizes", "64x64",
+             "--calibrate-levels", "0,0.5", "--calibrate-steps", 1, "--max-batch", 1]
+
+    @classmethod
+    def setUpClass(cls):
+        from PIL import Image
+        import numpy as np
+        cls.model = lib.demo_model(WORK)
+        data = WORK / "gates-data"
+        data.mkdir(exist_ok=True)
+        rng = np.random.default_rng(0)
+        for i in range(6):
+            Image.fromarray((rng.random((72, 80, 3)) * 255).astype("uint8")).save(data / f"{i}.png")
+        cls.gates = WORK / "gates.safetensors"
+        args = ["train-gates", "--model", cls.model, "--data", data, "--out", cls.gates,
+                "--resolution", 64, "--steps", 4, "--batch", 2, "--val-images", 2]
+        r = subprocess.run([lib.tool("ldcp"), *map(str, args)], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    def image_at_half(self, *flags, name):
+        server = lib.Server(self.model, WORK, *self.FLAGS, *flags, name=name).wait_ready()
+        try:
+            with grpc.insecure_channel(server.target) as ch:
+                resp = pb_grpc.ImageGenerationStub(ch).Generate(
+                    request(width=64, height=64, steps=3, seed=11,
+                            pruning=pb.Pruning(mode=pb.PRUNING_MODE_FIXED, level=0.5)),
+                    timeout=120)
+        finally:
+            self.assertEqual(server.stop(), 0, server.log()[-3000:])
+        self.assertEqual(list(resp.step_levels), [0.5] * 3)
+        return resp.images[0].data, server.log()
+
+    def test_scores_choose_the_dropped_channels(self):
+        magnitude, log_m = self.image_at_half(name="scores-magnitude")
+        learned, log_l = self.image_at_half("--gates", self.gates, name="scores-learned")
+        random, log_r = self.image_at_half("--scores", "random", name="scores-random")
+        self.assertIn("pruning scores: magnitude", log_m)
+        self.assertIn("does not lower the peak", log_m)
+        self.assertIn(f"pruning scores: learned from {self.gates}", log_l)
+        self.assertIn("pruning scores: random", log_r)
+        self.assertEqual(len({magnitude, learned, random}), 3)
+
+    def test_gates_that_do_not_fit_stop_the_server(self):
+        from safetensors.numpy import load_file, save_file
+        from safetensors import safe_open
+        with safe_open(str(self.gates), "np") as f:
+            metadata = f.metadata()
+        tensors = load_file(str(self.gates))
+        dropped = sorted(tensors)[0]
+        del tensors[dropped]
+        bad = WORK / "gates-missing-layer.safetensors"
+        save_file(tensors, str(bad), metadata=metadata)
+        for path, needle in [(bad, dropped), (WORK / "no-such-gates.safetensors", "--gates")]:
+            with self.subTest(path=path.name):
+                server = lib.Server(self.model, WORK, *self.FLAGS, "--gates", path,
+                                    name="bad-gates")
+                try:
+                    rc = server.proc.wait(timeout=120)
+                finally:
+                    server.stop()
+                self.assertNotEqual(rc, 0)
+                self.assertIn(needle, server.log())
 
 
 if __name__ == "__main__":
