@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <map>
+#include <mutex>
 #include <stdexcept>
 
 #include <torch/torch.h>
@@ -54,6 +55,10 @@ struct StableDiffusionPipeline::Parts {
   nlohmann::json scheduler_config;
   std::unique_ptr<pruning::UNetPruner> pruner;
   std::map<std::pair<int64_t, int64_t>, int64_t> unet_macs;  // (h, w) latent -> per sample
+  // The gates' keep counts are state of the shared U-Net: a plan is applied and the forward
+  // run under this lock, so that batches on several threads (the server's --workers) never
+  // see each other's levels. Text encoding, sampling and decoding run outside it.
+  mutable std::mutex unet_mutex;
 };
 
 StableDiffusionPipeline::StableDiffusionPipeline(std::unique_ptr<Parts> parts)
@@ -126,6 +131,7 @@ pruning::UNetPruner& StableDiffusionPipeline::pruner() { return *parts_->pruner;
 
 int64_t StableDiffusionPipeline::unet_macs_per_sample(int64_t latent_height,
                                                       int64_t latent_width) const {
+  std::lock_guard unet_lock(parts_->unet_mutex);
   auto it = parts_->unet_macs.find({latent_height, latent_width});
   return it == parts_->unet_macs.end() ? 0 : it->second;
 }
@@ -256,7 +262,6 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
     auto plan_it = plans.find(level);
     if (plan_it == plans.end()) plan_it = plans.emplace(level, parts_->pruner->plan(level)).first;
     const auto& plan = plan_it->second;
-    parts_->pruner->apply(plan);
     std::vector<at::Tensor> inputs, embeddings;
     std::vector<size_t> active;
     for (size_t r = 0; r < count; ++r) {
@@ -269,25 +274,33 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
     }
     if (active.empty()) break;
     auto batch_input = torch::cat(inputs);
+    auto batch_embeddings = torch::cat(embeddings);
     at::Tensor noise_all;
-    auto macs_it = parts_->unet_macs.find(latent_size);
-    if (macs_it == parts_->unet_macs.end()) {
-      // Count the operators of the first forward at this size: what ran plus what the plan
-      // dropped is the full U-Net's cost.
-      runtime::FlopCounter counter;
-      noise_all = parts_->unet->forward(batch_input, t.to(opts.device), torch::cat(embeddings));
-      const int64_t batch = batch_input.size(0);
-      const int64_t full = counter.macs() / batch + parts_->pruner->dropped_macs_last_forward(plan);
-      macs_it = parts_->unet_macs.emplace(latent_size, full).first;
-    } else {
-      noise_all = parts_->unet->forward(batch_input, t.to(opts.device), torch::cat(embeddings));
+    int64_t full_macs = 0, dropped_macs = 0;
+    {
+      std::lock_guard unet_lock(parts_->unet_mutex);
+      parts_->pruner->apply(plan);
+      auto macs_it = parts_->unet_macs.find(latent_size);
+      if (macs_it == parts_->unet_macs.end()) {
+        // Count the operators of the first forward at this size: what ran plus what the plan
+        // dropped is the full U-Net's cost.
+        runtime::FlopCounter counter;
+        noise_all = parts_->unet->forward(batch_input, t.to(opts.device), batch_embeddings);
+        const int64_t batch = batch_input.size(0);
+        const int64_t full =
+            counter.macs() / batch + parts_->pruner->dropped_macs_last_forward(plan);
+        macs_it = parts_->unet_macs.emplace(latent_size, full).first;
+      } else {
+        noise_all = parts_->unet->forward(batch_input, t.to(opts.device), batch_embeddings);
+      }
+      full_macs = macs_it->second;
+      dropped_macs = parts_->pruner->dropped_macs_last_forward(plan);
+      parts_->pruner->reset();
     }
     ++steps_run;
     channel_fraction_sum += plan.dropped_channel_fraction;
     macs_fraction_sum +=
-        macs_it->second > 0 ? static_cast<double>(parts_->pruner->dropped_macs_last_forward(plan)) /
-                                  static_cast<double>(macs_it->second)
-                            : 0.0;
+        full_macs > 0 ? static_cast<double>(dropped_macs) / static_cast<double>(full_macs) : 0.0;
     int64_t offset = 0;
     for (size_t k = 0; k < active.size(); ++k) {
       const size_t r = active[k];
@@ -313,7 +326,6 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
     }
   }
   const double denoising_s = seconds_since(denoise_start);
-  parts_->pruner->reset();
 
   // One image at a time: the decoder's activations at full resolution dominate a request's
   // peak memory, and they scale with the batch.

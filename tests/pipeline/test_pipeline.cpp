@@ -1,6 +1,9 @@
 // Pipeline behaviour beyond parity: validation, step callbacks and stopping, determinism.
 #include <cmath>
 #include <limits>
+#include <string>
+#include <thread>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -149,6 +152,43 @@ TEST(PipelineVaeTiling, TilesOnlyLargerImagesAndLowersThePeak) {
     FAIL() << "expected an error";
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("vae_tile_size"), std::string::npos) << e.what();
+  }
+}
+
+// The server runs batches on several threads (--workers) through one pipeline: each run's
+// pruning level must stay its own (the gates' keep counts are shared model state).
+TEST(PipelineThreads, ConcurrentRunsAtDifferentLevelsEqualRunsAlone) {
+  auto pipeline = StableDiffusionPipeline::load(ldcp::testing::parity_model("tiny-a"));
+  std::vector<GenerationParams> params(3);
+  const double levels[] = {0.0, 0.3, 0.6};
+  for (size_t i = 0; i < params.size(); ++i) {
+    params[i].prompt = "a lighthouse";
+    params[i].width = params[i].height = 64;
+    params[i].steps = 6;
+    params[i].seed = 40 + i;
+    params[i].pruning = levels[i] > 0 ? pruning::PruningSchedule::fixed(levels[i])
+                                      : pruning::PruningSchedule::off();
+  }
+  std::vector<at::Tensor> alone;
+  for (const auto& p : params) alone.push_back(pipeline->generate(p).images);
+  for (int round = 0; round < 2; ++round) {
+    std::vector<at::Tensor> together(params.size());
+    std::vector<std::string> errors(params.size());
+    std::vector<std::thread> threads;
+    for (size_t i = 0; i < params.size(); ++i) {
+      threads.emplace_back([&, i] {
+        try {
+          together[i] = pipeline->generate(params[i]).images;
+        } catch (const std::exception& e) {
+          errors[i] = e.what();
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (size_t i = 0; i < params.size(); ++i) {
+      ASSERT_TRUE(together[i].defined()) << "run " << i << ": " << errors[i].substr(0, 300);
+      EXPECT_LT((together[i] - alone[i]).abs().max().item<double>(), 1e-5) << "run " << i;
+    }
   }
 }
 
