@@ -71,12 +71,16 @@ def run(args):
     work = dl.workdir("ldcp-dashboard-")
     # A first start only measures the model's memory (calibration and baseline); the second gets
     # a budget that fits about one batch, so that memory and queueing show under load.
-    probe = dl.start_server(work, name="probe", LDCP_DEFAULT_STEPS=args.steps)
+    # 128x128 with the decoder tiled: the U-Net sets the peak, so AUTO can trade pruning for
+    # memory (at 64x64 the tiny model's decoder sets it at every level).
+    size = dict(LDCP_DEFAULT_SIZE=128, LDCP_CALIBRATE_SIZES="128x128", LDCP_VAE_TILE_SIZE=32,
+                LDCP_DEFAULT_STEPS=args.steps)
+    probe = dl.start_server(work, name="probe", **size)
     probe.stop()
     costs, baseline = dl.lib.calibration_from_log(probe.log())
-    budget = baseline + int(1.5 * max(costs.values()))
-    server = dl.start_server(work, LDCP_DEFAULT_STEPS=args.steps, LDCP_MEMORY_BUDGET=budget,
-                             LDCP_WORKERS=2, LDCP_MAX_BATCH=2, LDCP_BATCH_WINDOW_MS=30)
+    budget = baseline + int(args.budget_batches * max(costs.values()))
+    server = dl.start_server(work, LDCP_MEMORY_BUDGET=budget, LDCP_WORKERS=2, LDCP_MAX_BATCH=2,
+                             LDCP_BATCH_WINDOW_MS=30, **size)
     prom = None
     try:
         prom = dl.Prometheus(work, [f"127.0.0.1:{server.metrics_port}"], interval=SCRAPE)
@@ -200,6 +204,8 @@ def main():
     ap.add_argument("--phases", default="1:30,3:40,6:50,2:30",
                     help="concurrency:seconds,... of the load (bounded)")
     ap.add_argument("--steps", type=int, default=8, help="the server's default steps")
+    ap.add_argument("--budget-batches", type=float, default=1.3,
+                    help="memory budget above the idle baseline, in unpruned batches of two")
     args = ap.parse_args()
     args.phases = [tuple(int(x) for x in p.split(":")) for p in args.phases.split(",")]
     if sum(s for _, s in args.phases) > 900:
