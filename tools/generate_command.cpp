@@ -106,6 +106,7 @@ void run_generate(GenerateArgs& args) {
 
   Progress progress("denoising", params.steps);
   auto result = pipeline->generate(params, [&](const pipelines::StepInfo& step) {
+    progress.set_total(step.num_steps);  // PNDM runs one timestep more than it is asked for
     progress.update(step.step + 1, "t=" + std::to_string(static_cast<int64_t>(step.timestep)));
     return true;
   });

@@ -13,6 +13,8 @@ class Progress {
  public:
   Progress(std::string label, int64_t total, std::FILE* out = stderr);
   void update(int64_t done, const std::string& detail = {});
+  // The total once it is known better (a sampler may run more timesteps than steps asked for).
+  void set_total(int64_t total) { total_ = total; }
   void finish();
 
  private:

@@ -55,6 +55,11 @@ def compare_with_diffusers(binary, model, out_dir, tag, sampler="pndm"):
     check(run.returncode == 0, f"{tag}: ldcp generate failed: {run.stderr}")
     if run.returncode != 0:
         return
+    # The progress lines count the timesteps that ran (PNDM: one more than asked), ending full.
+    progress = [l.split()[1] for l in run.stderr.splitlines() if l.startswith("denoising ")]
+    check(bool(progress) and progress[-1].split("/")[0] == progress[-1].split("/")[1]
+          and all(p.split("/")[1] == progress[-1].split("/")[1] for p in progress),
+          f"{tag}: progress lines {progress}")
     ours = np.asarray(Image.open(out).convert("RGB"), dtype=np.int16)
     ref = diffusers_png(model, prompt, size, steps, guidance, seed, sampler)
     diff = np.abs(ours - ref)
