@@ -1,10 +1,67 @@
 #include "model/io/json_file.h"
 
+#include <cstring>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <system_error>
 
 namespace ldcp::io {
+namespace {
+
+// Python's json module writes the non-standard tokens NaN, Infinity and -Infinity (diffusers'
+// DPMSolverMultistepScheduler saves lambda_min_clipped = -inf), which JSON parsers reject. Outside
+// strings they become marker strings before parsing, and doubles again after.
+constexpr const char* kMarker = "\\u0000ldcp-non-finite:";  // JSON escape of a NUL first
+
+std::string quote_non_finite(const std::string& text) {
+  static const std::pair<const char*, const char*> tokens[] = {
+      {"-Infinity", "-inf"}, {"Infinity", "inf"}, {"NaN", "nan"}};
+  std::string out;
+  out.reserve(text.size());
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      out += c;
+      if (c == '\\' && i + 1 < text.size()) {
+        out += text[++i];
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') in_string = true;
+    bool replaced = false;
+    for (const auto& [token, name] : tokens) {
+      if (text.compare(i, std::strlen(token), token) == 0) {
+        out += std::string("\"") + kMarker + name + "\"";
+        i += std::strlen(token) - 1;
+        replaced = true;
+        break;
+      }
+    }
+    if (!replaced) out += c;
+  }
+  return out;
+}
+
+void restore_non_finite(nlohmann::json& value) {
+  static const std::string marker = std::string(1, '\0') + "ldcp-non-finite:";
+  if (value.is_string()) {
+    const auto& s = value.get_ref<const std::string&>();
+    if (s.rfind(marker, 0) == 0) {
+      const auto name = s.substr(marker.size());
+      const double inf = std::numeric_limits<double>::infinity();
+      value =
+          name == "nan" ? std::numeric_limits<double>::quiet_NaN() : (name == "-inf" ? -inf : inf);
+    }
+  } else if (value.is_structured()) {
+    for (auto& item : value) restore_non_finite(item);
+  }
+}
+
+}  // namespace
 
 nlohmann::json read_json_file(const std::filesystem::path& path) {
   std::error_code ec;
@@ -21,7 +78,9 @@ nlohmann::json read_json_file(const std::filesystem::path& path) {
   text << in.rdbuf();
   if (in.bad()) throw ConfigError(path.string() + ": read error");
   try {
-    return nlohmann::json::parse(text.str());
+    auto json = nlohmann::json::parse(quote_non_finite(text.str()));
+    restore_non_finite(json);
+    return json;
   } catch (const nlohmann::json::parse_error& e) {
     // e.what() carries the parser's line and column.
     throw ConfigError(path.string() + ": malformed JSON at byte " + std::to_string(e.byte) + ": " +

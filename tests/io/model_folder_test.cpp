@@ -6,6 +6,9 @@
 
 #include <fstream>
 
+#include <cmath>
+#include <limits>
+
 #include <gtest/gtest.h>
 
 #include "tests/common/test_util.h"
@@ -45,6 +48,22 @@ TEST(ReadJsonFile, ParsesAFile) {
   const auto json = read_json_file(path);
   EXPECT_EQ(json["a"], 1);
   EXPECT_EQ(json["b"].size(), 2u);
+}
+
+// Python's json writes NaN / Infinity / -Infinity (diffusers' DPMSolverMultistepScheduler
+// config); they are read as doubles, while the same words inside strings stay text.
+TEST(ReadJsonFile, ReadsPythonsNonFiniteNumbers) {
+  const auto path = temp_dir("json-inf") / "scheduler_config.json";
+  write_text(path,
+             R"({"lambda_min_clipped": -Infinity, "x": Infinity, "y": NaN, "l": [1, -Infinity],)"
+             R"( "s": "NaN and -Infinity \" Infinity", "n": -1.5})");
+  const auto json = read_json_file(path);
+  EXPECT_EQ(json["lambda_min_clipped"].get<double>(), -std::numeric_limits<double>::infinity());
+  EXPECT_EQ(json["x"].get<double>(), std::numeric_limits<double>::infinity());
+  EXPECT_TRUE(std::isnan(json["y"].get<double>()));
+  EXPECT_EQ(json["l"][1].get<double>(), -std::numeric_limits<double>::infinity());
+  EXPECT_EQ(json["s"].get<std::string>(), "NaN and -Infinity \" Infinity");
+  EXPECT_EQ(json["n"].get<double>(), -1.5);
 }
 
 TEST(ReadJsonFile, MissingFileNamesIt) {
