@@ -93,6 +93,12 @@ void add_options(CLI::App& app, ServerConfig& c) {
       ->envname(env("HYSTERESIS_DECISIONS"))
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
+  app.add_option("--idle-decay", c.idle_decay_s,
+                 "Seconds with nothing queued or running after which AUTO's held level steps "
+                 "one level down (0: never)")
+      ->envname(env("IDLE_DECAY"))
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
 
   app.add_option("--calibrate-sizes", c.calibrate_sizes,
                  "Sizes measured at start-up, e.g. 256x256,512x512 (default: the native size)")

@@ -40,6 +40,7 @@ struct ServerConfig {
   double max_level = 0.7;
   double hysteresis_fraction = 0.05;
   int hysteresis_decisions = 3;
+  double idle_decay_s = 10.0;
 
   // Calibration at start-up.
   std::string calibrate_sizes;  // "256x256,512x512"; empty: the model's native size

@@ -87,6 +87,7 @@ int serve(const ServerConfig& c) {
   sc.max_level = c.max_level;
   sc.hysteresis_fraction = c.hysteresis_fraction;
   sc.hysteresis_decisions = c.hysteresis_decisions;
+  sc.idle_decay = std::chrono::milliseconds(static_cast<int64_t>(c.idle_decay_s * 1000));
   // AUTO's grid: the configured levels, up to the highest level calibration could run.
   const double top = calibrated.empty() ? 0.0 : calibrated.back();
   sc.levels.clear();

@@ -506,6 +506,26 @@ void RequestScheduler::update_gauges_locked() {
   if (queue_.empty() && running_batches_ == 0) idle_cv_.notify_all();
 }
 
+void RequestScheduler::decay_when_idle_locked() {
+  if (!queue_.empty() || running_batches_ > 0) {
+    idle_since_.reset();
+    return;
+  }
+  const auto now = Clock::now();
+  if (!idle_since_) idle_since_ = now;
+  if (config_.idle_decay.count() <= 0 || now - *idle_since_ < config_.idle_decay) return;
+  idle_since_ = now;
+  double below = 0.0;
+  for (double l : config_.levels) {
+    if (l < sticky_level_ - 1e-12) below = std::max(below, l);
+  }
+  if (below < sticky_level_) {
+    sticky_level_ = below;
+    down_streak_ = 0;
+    update_gauges_locked();
+  }
+}
+
 void RequestScheduler::arm_sweep() {
   if (metrics_) metrics_->set_memory(budget_.in_use_bytes(), budget_.budget_bytes());
   sweep_timer_.expires_after(config_.sweep_interval);
@@ -515,6 +535,7 @@ void RequestScheduler::arm_sweep() {
     {
       std::lock_guard lock(mu_);
       any = !queue_.empty();
+      decay_when_idle_locked();
     }
     if (any) dispatch();
     arm_sweep();

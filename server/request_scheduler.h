@@ -119,6 +119,10 @@ struct SchedulerConfig {
   int hysteresis_decisions = 3;
   int workers = 1;  // batches running at once (model threads)
   std::chrono::milliseconds sweep_interval{50};
+  // After this long with nothing queued or running, AUTO's held level steps one grid level down
+  // (and again after each further interval): hysteresis damps flapping under load, but an idle
+  // server should not keep reporting, and holding, the level of its last burst. 0: never.
+  std::chrono::milliseconds idle_decay{10000};
 };
 
 class RequestScheduler {
@@ -149,6 +153,7 @@ class RequestScheduler {
   void dispatch();                             // control thread
   void execute(std::shared_ptr<Batch> batch);  // model thread
   void batch_finished(std::shared_ptr<Batch> batch);
+  void decay_when_idle_locked();  // control thread (sweep)
   void finish(const std::shared_ptr<Job>& job, JobOutcome&& outcome);
   std::optional<Batch> plan(const std::vector<std::shared_ptr<Job>>& candidates, int64_t free);
   bool compatible(const Job& head, const Job& other) const;
@@ -186,6 +191,7 @@ class RequestScheduler {
   std::string abort_reason_;
   double sticky_level_ = 0;
   int down_streak_ = 0;
+  std::optional<std::chrono::steady_clock::time_point> idle_since_;  // control thread, under mu_
   int64_t pending_completions_ = 0;
 };
 

@@ -4,6 +4,8 @@
 
 #include <future>
 #include <memory>
+#include <thread>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -362,6 +364,31 @@ TEST(Scheduler, HysteresisKeepsLevelsFromFlapping) {
   std::vector<double> relief;
   for (int i = 0; i < 7; ++i) relief.push_back(level_at(1000));
   EXPECT_EQ(relief, (std::vector<double>{0.5, 0.5, 0.25, 0.25, 0.25, 0.0, 0.0}));
+}
+
+TEST(Scheduler, IdleServerLetsTheHeldAutoLevelDecay) {
+  for (const bool decay : {true, false}) {
+    SCOPED_TRACE(decay ? "idle decay on" : "idle decay off");
+    auto config = Fixture::base_config();
+    config.sweep_interval = 5ms;
+    config.idle_decay = decay ? 60ms : 0ms;
+    Fixture f(config);
+    f.engine.external = 8000;  // pressure: AUTO runs at 0.5
+    auto r = submit(*f.scheduler);
+    ASSERT_DOUBLE_EQ(wait(r).level, 0.5);
+    f.engine.external = 1000;  // pressure gone, and no more requests
+    std::vector<double> seen{f.scheduler->auto_level()};
+    const auto deadline = std::chrono::steady_clock::now() + 3s;
+    while (std::chrono::steady_clock::now() < deadline && seen.back() > 0.0) {
+      std::this_thread::sleep_for(2ms);
+      if (f.scheduler->auto_level() != seen.back()) seen.push_back(f.scheduler->auto_level());
+    }
+    if (decay) {
+      EXPECT_EQ(seen, (std::vector<double>{0.5, 0.25, 0.0}));  // one grid level per interval
+    } else {
+      EXPECT_EQ(seen, std::vector<double>{0.5});
+    }
+  }
 }
 
 TEST(Scheduler, OutOfMemoryRetriesAutoOnceAtAHigherLevel) {
