@@ -94,6 +94,7 @@ int serve(const ServerConfig& c) {
   for (double l : parse_levels(c.levels, "--levels")) {
     if (l <= top + 1e-12) sc.levels.push_back(l);
   }
+  metrics.set_queue_capacity(sc.max_queue);
   RequestScheduler scheduler(engine, budget, costs, &metrics, sc);
   GenerationService service(scheduler, engine, &metrics, RequestLimits::from(c, native));
 

@@ -89,6 +89,11 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                       .Help("Requests waiting in the queue")
                       .Register(r)
                       .Add({});
+  queue_capacity_ = &prometheus::BuildGauge()
+                         .Name("ldcp_queue_capacity")
+                         .Help("Requests the queue holds before new ones get UNAVAILABLE")
+                         .Register(r)
+                         .Add({});
   in_flight_ = &prometheus::BuildGauge()
                     .Name("ldcp_requests_in_flight")
                     .Help("Requests running on the model now")
@@ -140,6 +145,7 @@ void Metrics::batch_started(int64_t requests, int64_t /*images*/) {
 
 void Metrics::oom_retry() { oom_retries_->Increment(); }
 void Metrics::set_queue_depth(int64_t n) { queue_depth_->Set(static_cast<double>(n)); }
+void Metrics::set_queue_capacity(int64_t n) { queue_capacity_->Set(static_cast<double>(n)); }
 void Metrics::set_in_flight(int64_t n) { in_flight_->Set(static_cast<double>(n)); }
 void Metrics::set_memory(int64_t in_use, int64_t budget) {
   memory_in_use_->Set(static_cast<double>(in_use));

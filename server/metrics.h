@@ -31,6 +31,7 @@ class Metrics {
   void batch_started(int64_t requests, int64_t images);
   void oom_retry();
   void set_queue_depth(int64_t n);
+  void set_queue_capacity(int64_t n);  // --max-queue: depth / capacity is the fill ratio
   void set_in_flight(int64_t n);
   void set_memory(int64_t in_use_bytes, int64_t budget_bytes);
   void set_auto_level(double level);
@@ -49,6 +50,7 @@ class Metrics {
   prometheus::Counter* images_;
   prometheus::Counter* oom_retries_;
   prometheus::Gauge* queue_depth_;
+  prometheus::Gauge* queue_capacity_;
   prometheus::Gauge* in_flight_;
   prometheus::Gauge* memory_in_use_;
   prometheus::Gauge* memory_budget_;

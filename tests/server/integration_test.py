@@ -383,6 +383,7 @@ class T09Metrics(unittest.TestCase):
         self.assertEqual(lib.metric(samples, "ldcp_memory_budget_bytes"), COSTS["budget"])
         self.assertGreater(lib.metric(samples, "ldcp_memory_in_use_bytes"), 0)
         self.assertEqual(lib.metric(samples, "ldcp_queue_depth"), 0)
+        self.assertEqual(lib.metric(samples, "ldcp_queue_capacity"), 16)  # --max-queue
         self.assertEqual(lib.metric(samples, "ldcp_requests_in_flight"), 0)
         total = sum(want.values())
         self.assertEqual(sum(lib.metric(samples, "ldcp_request_duration_seconds_count", method=m)
