@@ -9,7 +9,9 @@ run as its own child process measured the same way:
 - wall time of the whole process (load + generate + save), from the parent;
 - generation time (text encoding, denoising, decoding: the library call), as the child
   reports it (diffusers: timed around pipe(...); ldcp: the "total" it prints);
-- peak memory: the child's maximum resident set size (os.wait4's ru_maxrss).
+- peak memory: the child's maximum resident set size (os.wait4's ru_maxrss);
+- CPU time of the whole process (user + system, all threads; os.wait4's rusage): on a machine
+  shared with other work the wall time grows with their load, the CPU time much less.
 
 Prints the medians and each one's ratio to diffusers, the agreement of the level-0 image with
 diffusers' (PSNR), and with --json writes every figure.
@@ -56,7 +58,7 @@ def run_diffusers_child(args):
 
 
 def measure(argv, env, log_path):
-    """Runs argv as a child; returns (wall seconds, max RSS bytes, exit code, output)."""
+    """Runs argv as a child; returns (wall s, max RSS bytes, exit code, output, CPU s)."""
     with open(log_path, "w") as log:
         start = time.perf_counter()
         child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -64,7 +66,7 @@ def measure(argv, env, log_path):
         wall = time.perf_counter() - start
         child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
     output = Path(log_path).read_text(errors="replace")
-    return wall, usage.ru_maxrss * 1024, child.returncode, output
+    return wall, usage.ru_maxrss * 1024, child.returncode, output, usage.ru_utime + usage.ru_stime
 
 
 def psnr(a_path, b_path):
@@ -148,7 +150,7 @@ def main():
         return argv
 
     variants = [("diffusers", None)] + [(f"ldcp L{level:g}", level) for level in levels]
-    figures = {name: {"wall_s": [], "generate_s": [], "max_rss_bytes": [],
+    figures = {name: {"wall_s": [], "cpu_s": [], "generate_s": [], "max_rss_bytes": [],
                       "ldcp_tensor_peak_bytes": []} for name, _ in variants}
     images = {}
     total_rounds = args.warmup + args.runs
@@ -159,7 +161,7 @@ def main():
             tag = re.sub(r"[^A-Za-z0-9.]+", "_", name)
             image = out / f"{tag}.png"
             argv = diffusers_argv(image) if level is None else ldcp_argv(image, level)
-            wall, rss, code, output = measure(argv, env, out / f"{tag}-{round_index}.log")
+            wall, rss, code, output, cpu = measure(argv, env, out / f"{tag}-{round_index}.log")
             if code != 0:
                 print(f"{name} failed (exit {code}):\n{output}", file=sys.stderr)
                 return 1
@@ -173,11 +175,12 @@ def main():
                                         .group(1)) * 2 ** 20)
             images[name] = image
             print(f"{'run' if timed else 'warm-up'} {round_index + 1 - args.warmup if timed else round_index + 1}: "
-                  f"{name}: wall {wall:.2f}s, generate {generate_s:.2f}s, "
+                  f"{name}: wall {wall:.2f}s, CPU {cpu:.1f}s, generate {generate_s:.2f}s, "
                   f"max RSS {rss / 2 ** 20:.0f} MiB", file=sys.stderr, flush=True)
             if timed:
                 f = figures[name]
                 f["wall_s"].append(wall)
+                f["cpu_s"].append(cpu)
                 f["generate_s"].append(generate_s)
                 f["max_rss_bytes"].append(rss)
                 if tensor_peak is not None:
@@ -191,13 +194,15 @@ def main():
     for name, _ in variants:
         m = med[name]
         rows.append([name, f"{m['wall_s']:.2f}", ratio(m["wall_s"], ref["wall_s"]),
+                     f"{m['cpu_s']:.1f}", ratio(m["cpu_s"], ref["cpu_s"]),
                      f"{m['generate_s']:.2f}", ratio(m["generate_s"], ref["generate_s"]),
                      f"{m['max_rss_bytes'] / 2 ** 20:.0f}",
                      ratio(m["max_rss_bytes"], ref["max_rss_bytes"])])
     print(f"ldcp generate vs diffusers {args.model}: {args.width}x{args.height}, {args.steps} PNDM "
           f"steps, guidance {args.guidance}, fp32 CPU, {args.threads} threads; medians of "
           f"{args.runs} alternating runs (after {args.warmup} warm-up)\n")
-    print(markdown_table(["", "process wall s", "x diffusers", "generation s", "x diffusers",
+    print(markdown_table(["", "process wall s", "x diffusers", "process CPU s", "x diffusers",
+                          "generation s", "x diffusers",
                           "max RSS MiB", "x diffusers"], rows))
     agreement = {}
     for name, level in variants[1:]:

@@ -208,8 +208,8 @@ def test_compare(ldcp, model, tmp):
     data = json.loads(out_json.read_text())
     med = data["medians"]
     check(set(med) == {"diffusers", "ldcp L0", "ldcp L0.5"}, f"compare variants {set(med)}")
-    check(all(m["wall_s"] > 0 and m["max_rss_bytes"] > 0 for m in med.values()),
-          "compare: missing figures")
+    check(all(m["wall_s"] > 0 and m["max_rss_bytes"] > 0 and m["cpu_s"] > 0
+              for m in med.values()), "compare: missing figures")
     # Same settings: ldcp's level-0 image is diffusers' (to rounding).
     check((data["psnr_vs_diffusers_db"]["ldcp L0"] or 1e9) > 40,
           f"compare: level-0 image differs from diffusers' ({data['psnr_vs_diffusers_db']})")
