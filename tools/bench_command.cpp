@@ -12,6 +12,8 @@
 #include <limits>
 #include <optional>
 
+#include <time.h>
+
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
@@ -30,6 +32,12 @@ namespace ldcp::tools {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+double process_cpu_seconds() {
+  timespec t{};
+  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
 
 // The fastest repeat: on a shared machine other processes only ever add time.
 double min_of(const std::vector<double>& v) {
@@ -53,6 +61,10 @@ struct Config {
   pruning::LevelPlan plan;
   int64_t unet_macs = 0;  // per guided step (whole U-Net batch)
   std::vector<double> step_seconds;
+  // The process's CPU time (user + system, every thread) over the step: on a machine shared
+  // with other work the wall time grows with their load, this much less (it still counts
+  // OpenMP threads spinning while a sibling waits for a core).
+  std::vector<double> step_cpu_seconds;
   int64_t step_peak_above = 0, step_peak_total = 0;
   int64_t generation_peak_above = -1, generation_peak_total = -1;
   double generation_seconds = kNaN, pruned_flops_fraction = kNaN;
@@ -182,7 +194,9 @@ void run_bench(const BenchArgs& args) {
   for (int64_t r = 0; r < args.repeats; ++r) {
     for (size_t k = 0; k < configs.size(); ++k) {
       auto& c = configs[(k + static_cast<size_t>(r)) % configs.size()];
+      const double cpu_before = process_cpu_seconds();
       const auto outcome = run(c, false, &meter);
+      c.step_cpu_seconds.push_back(process_cpu_seconds() - cpu_before);
       c.step_seconds.push_back(outcome.seconds);
       c.step_peak_above = std::max(c.step_peak_above, outcome.peak_above_bytes);
       progress.update(++done, c.name);
@@ -197,6 +211,7 @@ void run_bench(const BenchArgs& args) {
                                   [](const Config& c) { return c.level && *c.level == 0.0; });
   const double ref_latency = median(ref.step_seconds);
   const double ref_min = min_of(ref.step_seconds);
+  const double ref_cpu = median(ref.step_cpu_seconds);
   auto d = [](int64_t v) { return static_cast<double>(v); };
   std::vector<std::vector<std::string>> rows;
   for (const auto& c : configs) {
@@ -210,6 +225,8 @@ void run_bench(const BenchArgs& args) {
         ratio_text(latency, ref_latency),
         fixed(1e3 * min_of(c.step_seconds), 1),
         ratio_text(min_of(c.step_seconds), ref_min),
+        fixed(median(c.step_cpu_seconds), 2),
+        ratio_text(median(c.step_cpu_seconds), ref_cpu),
         fixed(mib(c.step_peak_above), 1),
         ratio_text(d(c.step_peak_above), d(ref.step_peak_above)),
         fixed(mib(c.step_peak_total), 1)};
@@ -230,6 +247,8 @@ void run_bench(const BenchArgs& args) {
                                      "step ms (median)",
                                      "x L0",
                                      "step ms (min)",
+                                     "x L0",
+                                     "step CPU s (median)",
                                      "x L0",
                                      "step peak above weights MiB",
                                      "x L0",
@@ -298,6 +317,9 @@ void run_bench(const BenchArgs& args) {
       row["step_latency_ratio"] = num(ratio(latency, ref_latency));
       row["step_seconds_min"] = min_of(c.step_seconds);
       row["step_min_latency_ratio"] = num(ratio(min_of(c.step_seconds), ref_min));
+      row["step_cpu_seconds"] = c.step_cpu_seconds;
+      row["step_cpu_seconds_median"] = median(c.step_cpu_seconds);
+      row["step_cpu_ratio"] = num(ratio(median(c.step_cpu_seconds), ref_cpu));
       row["step_peak_above_weights_bytes"] = c.step_peak_above;
       row["step_peak_above_weights_ratio"] =
           num(ratio(d(c.step_peak_above), d(ref.step_peak_above)));

@@ -151,6 +151,13 @@ void add_train_gates_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--resource-weight", o.resource_weight, "Weight of the resource term")
       ->capture_default_str();
+  cmd->add_option("--cost-normalized", o.cost_normalized,
+                  "Divide each unit's gradient by its MAC cost (logits learn importance per cost)")
+      ->capture_default_str();
+  cmd->add_option("--global-adam", o.global_adam,
+                  "One Adam second moment for all logits (a unit moves with its gradient's size); "
+                  "false: per-logit Adam")
+      ->capture_default_str();
   cmd->add_option("--resume", a.resume, "Continue from this checkpoint")->check(CLI::ExistingFile);
   cmd->add_option("--checkpoint", a.checkpoint, "Checkpoint file (default: OUT.ckpt)");
   cmd->add_option("--checkpoint-every", o.checkpoint_every,

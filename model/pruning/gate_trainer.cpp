@@ -276,11 +276,16 @@ struct Adam {
     v = torch::zeros_like(param);
     t = 0;
   }
-  void step(at::Tensor& param, const at::Tensor& grad, double lr) {
+  // global: one second moment for all units (v's every entry holds the mean square).
+  void step(at::Tensor& param, const at::Tensor& grad, double lr, bool global) {
     torch::NoGradGuard no_grad;
     ++t;
     m.mul_(beta1).add_(grad, 1 - beta1);
-    v.mul_(beta2).addcmul_(grad, grad, 1 - beta2);
+    if (global) {
+      v.mul_(beta2).add_(grad.pow(2).mean(), 1 - beta2);
+    } else {
+      v.mul_(beta2).addcmul_(grad, grad, 1 - beta2);
+    }
     const double c1 = 1 - std::pow(beta1, static_cast<double>(t));
     const double c2 = 1 - std::pow(beta2, static_cast<double>(t));
     param.addcdiv_(m / c1, (v / c2).sqrt_().add_(eps), -lr);
@@ -379,6 +384,8 @@ std::map<std::string, std::string> run_identity(const TrainerOptions& o,
           {"final_lr_fraction", format_double(o.final_lr_fraction)},
           {"temperature", format_double(o.temperature)},
           {"resource_weight", format_double(o.resource_weight)},
+          {"cost_normalized", o.cost_normalized ? "true" : "false"},
+          {"global_adam", o.global_adam ? "true" : "false"},
           {"levels", join_levels(o.levels)},
           {"seed", std::to_string(o.seed)},
           {"prompt", o.prompt},
@@ -581,6 +588,8 @@ TrainResult train_gates(const TrainerOptions& options, const TrainerCallbacks& c
   const auto fingerprint = gate_fingerprint(*unet);
   LevelAllocator allocator(gates.units, gates.unit_cost, gates.floor);
   const auto cost_fraction = allocator.cost_fraction().to(device);
+  // Each unit's cost over the mean unit's (mean 1).
+  const auto relative_cost = cost_fraction * static_cast<double>(gates.total_units);
   log(std::to_string(gates.layers.size()) + " gated layers, " + std::to_string(gates.total_units) +
       " units");
 
@@ -760,13 +769,14 @@ TrainResult train_gates(const TrainerOptions& options, const TrainerCallbacks& c
 
     auto grad = torch::autograd::grad({loss * state.loss_scale}, {logits})[0];
     if (state.loss_scale != 1.0) grad = grad / state.loss_scale;
+    if (options.cost_normalized) grad = grad / relative_cost;
     const bool finite = torch::isfinite(grad).all().item<bool>();
     if (finite) {
       // Cosine decay from lr to lr * final_lr_fraction over the run's steps.
       const double progress = static_cast<double>(step - 1) / static_cast<double>(options.steps);
       const double decay = options.final_lr_fraction +
                            (1 - options.final_lr_fraction) * 0.5 * (1 + std::cos(M_PI * progress));
-      state.adam.step(state.logits, grad, options.lr * decay);
+      state.adam.step(state.logits, grad, options.lr * decay, options.global_adam);
       if (options.dtype == torch::kHalf && ++state.good_steps >= 500) {
         state.loss_scale *= 2;
         state.good_steps = 0;
@@ -832,6 +842,8 @@ TrainResult train_gates(const TrainerOptions& options, const TrainerCallbacks& c
   meta["lr"] = format_double(options.lr);
   meta["temperature"] = format_double(options.temperature);
   meta["resource_weight"] = format_double(options.resource_weight);
+  meta["cost_normalized"] = options.cost_normalized ? "true" : "false";
+  meta["global_adam"] = options.global_adam ? "true" : "false";
   meta["seed"] = std::to_string(options.seed);
   meta["prompt"] = options.prompt;
   if (!options.captions.empty()) meta["captions"] = fs::absolute(options.captions).string();

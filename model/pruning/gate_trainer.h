@@ -62,6 +62,16 @@ struct TrainerOptions {
   double final_lr_fraction = 0.1;  // cosine decay to lr * this at the last step (1: constant)
   double temperature = 0.5;        // T of the sigmoid relaxation (logit units)
   double resource_weight = 1.0;
+  // The logits' update. Each unit's straight-through gradient is a first-order estimate of how
+  // much the distillation loss grows when the unit is dropped; the allocator drops in ascending
+  // logit, so the logits should order units by that growth per MAC saved.
+  //  - cost_normalized: divide each unit's gradient by its MAC cost (relative to the mean unit),
+  //    so logits accumulate importance per cost rather than importance;
+  //  - global_adam: Adam's second moment is one scalar (the mean square over units) instead of
+  //    one per unit, so a unit moves in proportion to its gradient; per-unit Adam moves every
+  //    unit at about the same speed whatever its gradient's size, which keeps only the sign.
+  bool cost_normalized = true;
+  bool global_adam = true;
   // Training levels: samples take the smallest, the largest, and uniform ones between them;
   // validation reports each listed level.
   std::vector<double> levels = {0.1, 0.25, 0.5, 0.75};

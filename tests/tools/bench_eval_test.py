@@ -90,6 +90,10 @@ def test_bench(ldcp, model, tmp):
         check(len(r["step_seconds"]) == 3 and all(s > 0 for s in r["step_seconds"]),
               f"bench {r['name']}: step times {r['step_seconds']}")
         check(r["step_seconds_min"] == min(r["step_seconds"]), f"bench {r['name']}: min")
+        check(len(r["step_cpu_seconds"]) == 3 and all(s > 0 for s in r["step_cpu_seconds"]),
+              f"bench {r['name']}: step CPU times {r['step_cpu_seconds']}")
+        check(r["step_cpu_seconds_median"] == sorted(r["step_cpu_seconds"])[1],
+              f"bench {r['name']}: CPU median")
         check(r["step_peak_above_weights_bytes"] > 0, f"bench {r['name']}: no step peak")
         check(r["step_peak_bytes"] > r["step_peak_above_weights_bytes"],
               f"bench {r['name']}: total peak not above the weights")
