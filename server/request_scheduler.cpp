@@ -201,6 +201,14 @@ void RequestScheduler::sweep_locked(
   }
 }
 
+double RequestScheduler::grid_level_below(double level, double floor) const {
+  double below = floor;
+  for (double l : config_.levels) {
+    if (l < level - 1e-12 && l >= floor) below = std::max(below, l);
+  }
+  return below;
+}
+
 double RequestScheduler::hysteresis(double best, double allowed,
                                     const std::function<int64_t(double)>& cost, int64_t free) {
   if (best >= sticky_level_) {
@@ -209,10 +217,7 @@ double RequestScheduler::hysteresis(double best, double allowed,
     return best;
   }
   // The next grid level below the current one (but not below what fits best).
-  double below = best;
-  for (double l : config_.levels) {
-    if (l < sticky_level_ - 1e-12 && l >= best) below = l;
-  }
+  const double below = grid_level_below(sticky_level_, best);
   const auto margin = static_cast<int64_t>(config_.hysteresis_fraction *
                                            static_cast<double>(budget_.budget_bytes()));
   if (cost(below) + margin <= free) {
@@ -515,10 +520,7 @@ void RequestScheduler::decay_when_idle_locked() {
   if (!idle_since_) idle_since_ = now;
   if (config_.idle_decay.count() <= 0 || now - *idle_since_ < config_.idle_decay) return;
   idle_since_ = now;
-  double below = 0.0;
-  for (double l : config_.levels) {
-    if (l < sticky_level_ - 1e-12) below = std::max(below, l);
-  }
+  const double below = grid_level_below(sticky_level_, 0.0);
   if (below < sticky_level_) {
     sticky_level_ = below;
     down_streak_ = 0;

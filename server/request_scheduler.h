@@ -154,6 +154,8 @@ class RequestScheduler {
   void execute(std::shared_ptr<Batch> batch);  // model thread
   void batch_finished(std::shared_ptr<Batch> batch);
   void decay_when_idle_locked();  // control thread (sweep)
+  // The highest level of AUTO's grid below `level` and not below `floor` (`floor` if none).
+  double grid_level_below(double level, double floor) const;
   void finish(const std::shared_ptr<Job>& job, JobOutcome&& outcome);
   std::optional<Batch> plan(const std::vector<std::shared_ptr<Job>>& candidates, int64_t free);
   bool compatible(const Job& head, const Job& other) const;

@@ -39,11 +39,6 @@ double process_cpu_seconds() {
   return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
 }
 
-// The fastest repeat: on a shared machine other processes only ever add time.
-double min_of(const std::vector<double>& v) {
-  return v.empty() ? kNaN : *std::min_element(v.begin(), v.end());
-}
-
 struct BenchArgs {
   std::string model, gates, scores = "magnitude", levels = "0,0.25,0.5,0.75", device = "cpu",
                             dtype = "fp32", json, sampler = "pndm",

@@ -36,7 +36,6 @@ namespace {
 
 namespace fs = std::filesystem;
 constexpr double kInf = std::numeric_limits<double>::infinity();
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 struct EvalArgs {
   std::string model, levels = "0,0.25,0.5,0.75", prompts, out, gates, sources, device = "cpu",
@@ -72,20 +71,6 @@ std::vector<std::string> read_prompts(const fs::path& path) {
                                 " has no prompts (one per line; # starts a comment)");
   }
   return prompts;
-}
-
-double mean(const std::vector<double>& v) {
-  if (v.empty()) return kNaN;
-  double s = 0;
-  for (double x : v) s += x;
-  return s / static_cast<double>(v.size());
-}
-
-double min_of(const std::vector<double>& v) {
-  return v.empty() ? kNaN : *std::min_element(v.begin(), v.end());
-}
-double max_of(const std::vector<double>& v) {
-  return v.empty() ? kNaN : *std::max_element(v.begin(), v.end());
 }
 
 // PSNR of the samples pooled: from their mean squared error (infinite only when every image

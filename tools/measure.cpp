@@ -69,6 +69,23 @@ double median(std::vector<double> values) {
   return n % 2 == 1 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
 }
 
+double mean(const std::vector<double>& values) {
+  if (values.empty()) return std::numeric_limits<double>::quiet_NaN();
+  double sum = 0;
+  for (double x : values) sum += x;
+  return sum / static_cast<double>(values.size());
+}
+
+double min_of(const std::vector<double>& values) {
+  return values.empty() ? std::numeric_limits<double>::quiet_NaN()
+                        : *std::min_element(values.begin(), values.end());
+}
+
+double max_of(const std::vector<double>& values) {
+  return values.empty() ? std::numeric_limits<double>::quiet_NaN()
+                        : *std::max_element(values.begin(), values.end());
+}
+
 double mib(int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0); }
 
 std::string fixed(double value, int decimals) {

@@ -52,7 +52,10 @@ StepOutcome guided_step(models::UNet2DConditionModelImpl& unet, schedulers::Sche
 // Waits for the device's queued work (CUDA); nothing on the CPU.
 void synchronize(c10::Device device);
 
-double median(std::vector<double> values);  // NaN for none
+double median(std::vector<double> values);         // NaN for none
+double mean(const std::vector<double>& values);    // NaN for none
+double min_of(const std::vector<double>& values);  // NaN for none
+double max_of(const std::vector<double>& values);  // NaN for none
 double mib(int64_t bytes);
 // printf("%.*f"); "inf" / "nan" spelled out.
 std::string fixed(double value, int decimals);

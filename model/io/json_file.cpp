@@ -12,7 +12,8 @@ namespace {
 // Python's json module writes the non-standard tokens NaN, Infinity and -Infinity (diffusers'
 // DPMSolverMultistepScheduler saves lambda_min_clipped = -inf), which JSON parsers reject. Outside
 // strings they become marker strings before parsing, and doubles again after.
-constexpr const char* kMarker = "\\u0000ldcp-non-finite:";  // JSON escape of a NUL first
+// The marker begins with a NUL, which no config text contains.
+const std::string kMarker = std::string(1, '\0') + "ldcp-non-finite:";
 
 std::string quote_non_finite(const std::string& text) {
   static const std::pair<const char*, const char*> tokens[] = {
@@ -35,7 +36,7 @@ std::string quote_non_finite(const std::string& text) {
     bool replaced = false;
     for (const auto& [token, name] : tokens) {
       if (text.compare(i, std::strlen(token), token) == 0) {
-        out += std::string("\"") + kMarker + name + "\"";
+        out += std::string("\"\\u0000") + kMarker.substr(1) + name + "\"";  // JSON-escaped NUL
         i += std::strlen(token) - 1;
         replaced = true;
         break;
@@ -47,11 +48,10 @@ std::string quote_non_finite(const std::string& text) {
 }
 
 void restore_non_finite(nlohmann::json& value) {
-  static const std::string marker = std::string(1, '\0') + "ldcp-non-finite:";
   if (value.is_string()) {
     const auto& s = value.get_ref<const std::string&>();
-    if (s.rfind(marker, 0) == 0) {
-      const auto name = s.substr(marker.size());
+    if (s.rfind(kMarker, 0) == 0) {
+      const auto name = s.substr(kMarker.size());
       const double inf = std::numeric_limits<double>::infinity();
       value =
           name == "nan" ? std::numeric_limits<double>::quiet_NaN() : (name == "-inf" ? -inf : inf);

@@ -118,7 +118,7 @@ std::unique_ptr<StableDiffusionPipeline> StableDiffusionPipeline::load(
 }
 
 int64_t StableDiffusionPipeline::vae_scale_factor() const {
-  return int64_t{1} << (parts_->vae->config().block_out_channels.size() - 1);
+  return parts_->vae->config().spatial_scale();
 }
 
 int64_t StableDiffusionPipeline::native_resolution() const {
@@ -332,7 +332,6 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
   const double scaling_factor = parts_->vae->config().scaling_factor;
   const int64_t tile = parts_->options.vae_tile_size;
   auto decode_latents = [&](const at::Tensor& latents) {
-    const int64_t scale = vae_scale_factor();
     if (tile > 0 && (latents.size(2) * scale > tile || latents.size(3) * scale > tile)) {
       return parts_->vae->decode_tiled(latents, tile / scale, parts_->options.vae_tile_overlap);
     }
