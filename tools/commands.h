@@ -4,9 +4,9 @@
 
 #include <string>
 
-#include <CLI/CLI.hpp>
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
+#include <CLI/CLI.hpp>
 
 namespace ldcp::tools {
 
@@ -18,6 +18,9 @@ void add_eval_pruning_command(CLI::App& app);
 
 // --dtype and --device values, with errors naming the option.
 c10::ScalarType parse_dtype(const std::string& name);
+// --memory-format's help: the layout of the U-Net's and VAE's convolution weights.
+inline constexpr const char* kMemoryFormatHelp =
+    "Convolution weight layout: channels_last (NHWC, faster) or contiguous (NCHW)";
 c10::Device parse_device(const std::string& name);
 // Comma-separated pruning levels ("0,0.25,0.5"), each in [0, 1); error names `option`.
 std::vector<double> parse_levels(const std::string& text, const std::string& option);

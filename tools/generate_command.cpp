@@ -70,7 +70,8 @@ std::filesystem::path output_path(const std::filesystem::path& out, int64_t inde
 }
 
 struct GenerateArgs {
-  std::string model, out, device = "cpu", dtype = "fp32", gates, scores = "magnitude";
+  std::string model, out, device = "cpu", dtype = "fp32", gates, scores = "magnitude",
+                          memory_format = "channels_last";
   int64_t vae_tile_size = 0;
   pipelines::GenerationParams params;
   std::optional<uint64_t> seed;
@@ -88,6 +89,7 @@ void run_generate(GenerateArgs& args) {
   options.gates_file = args.gates;
   options.score_source = args.scores;
   options.vae_tile_size = args.vae_tile_size;
+  options.channels_last = args.memory_format == "channels_last";
   auto& params = args.params;
   params.seed = args.seed ? *args.seed : std::random_device{}();
   if (!args.pruning_steps.empty()) {
@@ -192,6 +194,9 @@ void add_generate_command(CLI::App& app) {
   generate->add_option("--scores", gen.scores, "Scores without a gates file: magnitude or random")
       ->capture_default_str()
       ->check(CLI::IsMember({"magnitude", "random"}));
+  generate->add_option("--memory-format", gen.memory_format, kMemoryFormatHelp)
+      ->capture_default_str()
+      ->check(CLI::IsMember({"channels_last", "contiguous"}));
   generate->final_callback([args] { run_generate(*args); });
 }
 

@@ -12,11 +12,11 @@ void add_init_demo_model_command(CLI::App& app) {
     pipelines::DemoModelOptions demo;
   };
   auto args = std::make_shared<Args>();
-  auto* init_demo = app.add_subcommand(
-      "init-demo-model", "Write a random-weight model folder in diffusers format");
+  auto* init_demo = app.add_subcommand("init-demo-model",
+                                       "Write a random-weight model folder in diffusers format");
   init_demo->add_option("dir", args->dir, "Folder to write")->required();
-  init_demo->add_option("--config", args->demo.config,
-                        "tiny or sd15 (the exact SD1.5 architecture)")
+  init_demo
+      ->add_option("--config", args->demo.config, "tiny or sd15 (the exact SD1.5 architecture)")
       ->capture_default_str()
       ->check(CLI::IsMember(pipelines::demo_model_configs()));
   init_demo->add_option("--seed", args->demo.seed, "Seed of the random weights")

@@ -28,8 +28,8 @@ void Progress::update(int64_t done, const std::string& detail) {
                  std::ceil(eta), detail.c_str());
   } else {
     std::fprintf(out_, "%s %lld/%lld %.2f it/s ETA %.0fs %s\n", label_.c_str(),
-                 static_cast<long long>(done), static_cast<long long>(total_), rate,
-                 std::ceil(eta), detail.c_str());
+                 static_cast<long long>(done), static_cast<long long>(total_), rate, std::ceil(eta),
+                 detail.c_str());
   }
   std::fflush(out_);
 }

@@ -1,4 +1,5 @@
 #include "model/clip/modeling_clip.h"
+#include "model/models/layers.h"
 
 #include <algorithm>
 #include <cmath>
@@ -102,11 +103,12 @@ ClipTextConfig ClipTextConfig::from_json(const nlohmann::json& json) {
 }
 
 ClipTextEmbeddingsImpl::ClipTextEmbeddingsImpl(const ClipTextConfig& config) {
-  token_embedding = register_module("token_embedding",
-                                    torch::nn::Embedding(config.vocab_size, config.hidden_size));
-  position_embedding =
-      register_module("position_embedding",
-                      torch::nn::Embedding(config.max_position_embeddings, config.hidden_size));
+  token_embedding = register_module(
+      "token_embedding",
+      models::embedding(torch::nn::EmbeddingOptions(config.vocab_size, config.hidden_size)));
+  position_embedding = register_module("position_embedding",
+                                       models::embedding(torch::nn::EmbeddingOptions(
+                                           config.max_position_embeddings, config.hidden_size)));
 }
 
 torch::Tensor ClipTextEmbeddingsImpl::forward(const torch::Tensor& input_ids) {
@@ -120,10 +122,10 @@ ClipAttentionImpl::ClipAttentionImpl(const ClipTextConfig& config)
       head_dim_(config.hidden_size / config.num_attention_heads),
       scale_(1.0 / std::sqrt(static_cast<double>(head_dim_))) {
   const auto dim = config.hidden_size;
-  k_proj = register_module("k_proj", torch::nn::Linear(dim, dim));
-  v_proj = register_module("v_proj", torch::nn::Linear(dim, dim));
-  q_proj = register_module("q_proj", torch::nn::Linear(dim, dim));
-  out_proj = register_module("out_proj", torch::nn::Linear(dim, dim));
+  k_proj = register_module("k_proj", models::linear(torch::nn::LinearOptions(dim, dim)));
+  v_proj = register_module("v_proj", models::linear(torch::nn::LinearOptions(dim, dim)));
+  q_proj = register_module("q_proj", models::linear(torch::nn::LinearOptions(dim, dim)));
+  out_proj = register_module("out_proj", models::linear(torch::nn::LinearOptions(dim, dim)));
 }
 
 torch::Tensor ClipAttentionImpl::forward(const torch::Tensor& hidden_states) {
@@ -144,8 +146,10 @@ torch::Tensor ClipAttentionImpl::forward(const torch::Tensor& hidden_states) {
 
 ClipMLPImpl::ClipMLPImpl(const ClipTextConfig& config)
     : activation_(find_activation(config.hidden_act)) {
-  fc1 = register_module("fc1", torch::nn::Linear(config.hidden_size, config.intermediate_size));
-  fc2 = register_module("fc2", torch::nn::Linear(config.intermediate_size, config.hidden_size));
+  fc1 = register_module("fc1", models::linear(torch::nn::LinearOptions(config.hidden_size,
+                                                                       config.intermediate_size)));
+  fc2 = register_module("fc2", models::linear(torch::nn::LinearOptions(config.intermediate_size,
+                                                                       config.hidden_size)));
 }
 
 torch::Tensor ClipMLPImpl::forward(const torch::Tensor& hidden_states) {
@@ -232,7 +236,11 @@ ClipTextModel load_clip_text_model(const std::filesystem::path& text_encoder_dir
   } catch (const io::ConfigError& e) {
     throw io::ConfigError(config_file.string() + ": " + e.what());
   }
-  ClipTextModel model(config);
+  // Every parameter is read from the checkpoint below (load_component is strict).
+  ClipTextModel model = [&] {
+    models::UninitializedParameters skip_random_init;
+    return ClipTextModel(config);
+  }();
 
   // transformers 5 writes the keys without "text_model." (its PrefixChange for CLIPTextModel):
   // they are then the keys of the inner module. Older checkpoints, SD1.5's among them, have it.

@@ -9,7 +9,6 @@
 #include <utility>
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -161,19 +160,40 @@ struct FileDescriptor {
 
 std::string errno_text() { return std::strerror(errno); }
 
+// Reads exactly `size` bytes at `offset`; false (errno set, or 0 at end of file) otherwise.
+bool read_fully(int fd, void* out, size_t size, uint64_t offset) {
+  auto* bytes = static_cast<char*>(out);
+  while (size > 0) {
+    const ssize_t got = ::pread(fd, bytes, size, static_cast<off_t>(offset));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) {
+      if (got == 0) errno = 0;
+      return false;
+    }
+    bytes += got;
+    size -= static_cast<size_t>(got);
+    offset += static_cast<uint64_t>(got);
+  }
+  return true;
+}
+
 }  // namespace
 
 struct SafetensorsFile::State {
   std::filesystem::path path;
-  void* mapping = MAP_FAILED;
-  size_t mapping_size = 0;
-  const uint8_t* data = nullptr;  // start of the data area inside the mapping
+  FileDescriptor file;
+  uint64_t data_begin = 0;  // file offset of the data area
   uint64_t data_size = 0;
   std::map<std::string, TensorInfo> tensors;
   Metadata metadata;
 
-  ~State() {
-    if (mapping != MAP_FAILED) ::munmap(mapping, mapping_size);
+  void read(const std::string& name, const TensorInfo& entry, void* out) const {
+    const uint64_t nbytes = entry.end - entry.begin;
+    if (!read_fully(file.fd, out, nbytes, data_begin + entry.begin)) {
+      fail_tensor(path, name,
+                  std::string("cannot read its data: ") +
+                      (errno != 0 ? errno_text() : "the file ended early (changed since opened?)"));
+    }
   }
 };
 
@@ -182,7 +202,7 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
   State& s = *state_;
   s.path = path;
 
-  FileDescriptor file;
+  FileDescriptor& file = s.file;
   file.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (file.fd < 0) fail(path, "cannot open: " + errno_text());
   struct stat st {};
@@ -193,15 +213,10 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
     fail(path,
          "file is " + std::to_string(file_size) + " bytes, shorter than the 8-byte header length");
   }
-  if (file_size > std::numeric_limits<size_t>::max()) fail(path, "file too large to map");
-
-  s.mapping_size = static_cast<size_t>(file_size);
-  s.mapping = ::mmap(nullptr, s.mapping_size, PROT_READ, MAP_PRIVATE, file.fd, 0);
-  if (s.mapping == MAP_FAILED) fail(path, "cannot memory-map: " + errno_text());
-  const auto* bytes = static_cast<const uint8_t*>(s.mapping);
 
   uint64_t header_size = 0;
-  std::memcpy(&header_size, bytes, 8);  // little endian, asserted above
+  if (!read_fully(file.fd, &header_size, 8, 0)) fail(path, "cannot read: " + errno_text());
+  // little endian, asserted above
   if (header_size > kMaxHeaderSize) {
     fail(path, "header length " + std::to_string(header_size) + " exceeds the limit of " +
                    std::to_string(kMaxHeaderSize) + " bytes");
@@ -210,9 +225,13 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
     fail(path, "header length " + std::to_string(header_size) + " is larger than the file (" +
                    std::to_string(file_size) + " bytes)");
   }
-  if (header_size == 0 || bytes[8] != '{') fail(path, "header does not start with '{'");
+  std::string header_text(header_size, '\0');
+  if (!read_fully(file.fd, header_text.data(), header_size, 8)) {
+    fail(path, "cannot read the header: " + errno_text());
+  }
+  if (header_size == 0 || header_text[0] != '{') fail(path, "header does not start with '{'");
 
-  const char* header_begin = reinterpret_cast<const char*>(bytes + 8);
+  const char* header_begin = header_text.data();
   nlohmann::json header;
   // A valid header nests three levels deep; the cap keeps hostile nesting from exhausting
   // memory or stack.
@@ -247,7 +266,7 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
 
   // The tensors must tile the data area exactly: sorted by offsets, each begins where the
   // previous one ended, and the last one ends at the end of the file.
-  s.data = bytes + 8 + header_size;
+  s.data_begin = 8 + header_size;
   s.data_size = file_size - 8 - header_size;
   for (const auto& [name, info] : s.tensors) by_offset.emplace_back(name, &info);
   std::sort(by_offset.begin(), by_offset.end(), [](const auto& a, const auto& b) {
@@ -313,9 +332,31 @@ at::Tensor SafetensorsFile::tensor(const std::string& name) const {
   // Validated in the constructor: known dtype, size matches, offsets inside the data area.
   const auto type = *scalar_type_of(entry.dtype);
   at::Tensor out = at::empty(entry.shape, at::TensorOptions().dtype(type).device(at::kCPU));
-  const uint64_t nbytes = entry.end - entry.begin;
-  if (nbytes > 0) std::memcpy(out.data_ptr(), state_->data + entry.begin, nbytes);
+  state_->read(name, entry, out.data_ptr());
   return out;
+}
+
+void SafetensorsFile::read_into(const std::string& name, at::Tensor& target,
+                                at::Tensor* staging) const {
+  const TensorInfo& entry = info(name);
+  if (target.sizes().vec() != entry.shape) {
+    fail_tensor(state_->path, name, "cannot be read into a tensor of another shape");
+  }
+  const auto type = *scalar_type_of(entry.dtype);
+  if (target.device().is_cpu() && target.is_contiguous() && target.scalar_type() == type) {
+    state_->read(name, entry, target.data_ptr());
+    return;
+  }
+  if (staging == nullptr) {
+    target.copy_(tensor(name));
+    return;
+  }
+  const auto nbytes = static_cast<int64_t>(entry.end - entry.begin);
+  if (!staging->defined() || staging->numel() < nbytes) {
+    *staging = at::empty({nbytes}, at::TensorOptions().dtype(at::kByte).device(at::kCPU));
+  }
+  state_->read(name, entry, staging->data_ptr());
+  target.copy_(staging->narrow(0, 0, nbytes).view(type).view(entry.shape));
 }
 
 TensorMap load_safetensors(const std::filesystem::path& path, Metadata* metadata) {

@@ -13,11 +13,14 @@ namespace ldcp::io {
 namespace {
 
 // What load_state_dict needs of one checkpoint tensor: its shape before any data is read, and
-// a way to read it (so load_component can copy one tensor at a time out of the mapping).
+// ways to read it (so load_component reads one tensor at a time, straight into the module).
 struct Entry {
   std::string key;  // as the checkpoint names it (before renaming)
   std::vector<int64_t> shape;
   std::function<at::Tensor()> fetch;
+  // Copies into a tensor of the entry's shape (any dtype and device), through a reusable
+  // staging buffer where it cannot read into it directly (SafetensorsFile::read_into).
+  std::function<void(at::Tensor& target, at::Tensor& staging)> read_into;
 };
 using Entries = std::map<std::string, Entry>;
 
@@ -112,16 +115,22 @@ void load_entries(torch::nn::Module& module, const Entries& entries, const std::
   }
 
   torch::NoGradGuard no_grad;
+  at::Tensor staging;
   for (auto& [name, target] : targets) {
     auto it = entries.find(name);
     if (it == entries.end()) continue;  // an ignored missing key
-    // copy_ converts to the target's dtype and device.
-    target.copy_(it->second.fetch());
+    if (options.channels_last && target.dim() == 4 &&
+        !target.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+      // The target is overwritten next: new storage, not a copy of the old values. (The
+      // module's tensor shares this one's implementation, so it sees the new strides.)
+      target.set_data(at::empty_like(target, at::MemoryFormat::ChannelsLast));
+    }
+    it->second.read_into(target, staging);
   }
 }
 
-// The tensors of a weight file, read lazily out of the mapped file(s).
-// (Each entry's fetch holds its file open.)
+// The tensors of a weight file, read lazily out of the file(s).
+// (Each entry's functions hold its file open.)
 struct OpenedWeights {
   Entries entries;
 };
@@ -130,7 +139,10 @@ void add_file_entries(OpenedWeights& out, const std::shared_ptr<SafetensorsFile>
                       const std::vector<std::string>& names, const std::string& source,
                       bool rename) {
   for (const auto& name : names) {
-    Entry entry{name, file->info(name).shape, [file, name] { return file->tensor(name); }};
+    Entry entry{name, file->info(name).shape, [file, name] { return file->tensor(name); },
+                [file, name](at::Tensor& target, at::Tensor& staging) {
+                  file->read_into(name, target, &staging);
+                }};
     if (rename) {
       add_renamed(out.entries, name, std::move(entry), source);
     } else {
@@ -282,7 +294,9 @@ void load_state_dict(torch::nn::Module& module, const TensorMap& tensors, const 
   Entries entries;
   for (const auto& [name, tensor] : tensors) {
     if (!tensor.defined()) throw WeightLoadError(source + ": tensor \"" + name + "\" is undefined");
-    entries.emplace(name, Entry{name, tensor.sizes().vec(), [tensor] { return tensor; }});
+    entries.emplace(name,
+                    Entry{name, tensor.sizes().vec(), [tensor] { return tensor; },
+                          [tensor](at::Tensor& target, at::Tensor&) { target.copy_(tensor); }});
   }
   load_entries(module, entries, source, options);
 }

@@ -28,6 +28,10 @@ struct LoadOptions {
   // Module parameters or buffers that may be absent from the checkpoint (they keep the values
   // the module initialised them with); matched as exact names.
   std::vector<std::string> ignored_missing;
+  // Store 4-D weights (convolution kernels) channels-last (NHWC), so that oneDNN (CPU) and
+  // cuDNN run the convolutions without converting layouts: as Python's
+  // module.to(memory_format=torch.channels_last), done while reading, without a second copy.
+  bool channels_last = false;
 };
 
 // The safetensors weight file of a component folder: diffusion_pytorch_model.safetensors
@@ -59,7 +63,8 @@ void load_state_dict(torch::nn::Module& module, const TensorMap& tensors, const 
                      const LoadOptions& options = {});
 
 // find_weight_file + load_weight_file + rename_legacy_vae_keys + load_state_dict, reading one
-// tensor at a time from the mapped file(s) so that peak memory stays near the module's size.
+// tensor at a time from the file(s), straight into the module's tensors, so that peak memory
+// stays at the module's size.
 void load_component(torch::nn::Module& module, const std::filesystem::path& component_dir,
                     const LoadOptions& options = {});
 

@@ -1,4 +1,5 @@
 #include "model/models/attention.h"
+#include "model/models/layers.h"
 
 #include <algorithm>
 
@@ -20,14 +21,12 @@ AttentionImpl::AttentionImpl(const AttentionConfig& config) : config_(config) {
       config_.cross_attention_dim > 0 ? config_.cross_attention_dim : config_.query_dim;
   const int64_t inner = inner_dim();
   to_q = register_module(
-      "to_q",
-      torch::nn::Linear(torch::nn::LinearOptions(config_.query_dim, inner).bias(config_.bias)));
-  to_k = register_module(
-      "to_k", torch::nn::Linear(torch::nn::LinearOptions(kv_dim, inner).bias(config_.bias)));
-  to_v = register_module(
-      "to_v", torch::nn::Linear(torch::nn::LinearOptions(kv_dim, inner).bias(config_.bias)));
-  to_out_proj =
-      torch::nn::Linear(torch::nn::LinearOptions(inner, config_.query_dim).bias(config_.out_bias));
+      "to_q", linear(torch::nn::LinearOptions(config_.query_dim, inner).bias(config_.bias)));
+  to_k =
+      register_module("to_k", linear(torch::nn::LinearOptions(kv_dim, inner).bias(config_.bias)));
+  to_v =
+      register_module("to_v", linear(torch::nn::LinearOptions(kv_dim, inner).bias(config_.bias)));
+  to_out_proj = linear(torch::nn::LinearOptions(inner, config_.query_dim).bias(config_.out_bias));
   to_out = register_module("to_out", torch::nn::ModuleList(to_out_proj, torch::nn::Dropout(0.0)));
 }
 
@@ -55,8 +54,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
 // GEGLU, FeedForward
 
 GEGLUImpl::GEGLUImpl(int64_t dim_in, int64_t dim_out, bool bias) {
-  proj = register_module(
-      "proj", torch::nn::Linear(torch::nn::LinearOptions(dim_in, dim_out * 2).bias(bias)));
+  proj = register_module("proj", linear(torch::nn::LinearOptions(dim_in, dim_out * 2).bias(bias)));
 }
 
 torch::Tensor GEGLUImpl::forward(const torch::Tensor& hidden_states) {
@@ -68,13 +66,14 @@ FeedForwardImpl::FeedForwardImpl(const FeedForwardConfig& config) : config_(conf
   if (config_.inner_dim == 0) config_.inner_dim = config_.dim * config_.mult;
   if (config_.dim_out == 0) config_.dim_out = config_.dim;
   act = GEGLU(config_.dim, config_.inner_dim, config_.bias);
-  proj_out = torch::nn::Linear(
-      torch::nn::LinearOptions(config_.inner_dim, config_.dim_out).bias(config_.bias));
+  proj_out =
+      linear(torch::nn::LinearOptions(config_.inner_dim, config_.dim_out).bias(config_.bias));
   net = register_module("net", torch::nn::ModuleList(act, torch::nn::Dropout(0.0), proj_out));
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& hidden_states) {
-  if (!gate_) return proj_out(act(hidden_states));  // net[1] is a Dropout: the identity at inference
+  if (!gate_)
+    return proj_out(act(hidden_states));  // net[1] is a Dropout: the identity at inference
   gate_->record_positions(hidden_states.size(-2));
   if (gate_->sliced()) return forward_sliced(hidden_states);
   auto inner = act(hidden_states);
@@ -220,10 +219,9 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DModelConfig& c
       "norm", torch::nn::GroupNorm(
                   torch::nn::GroupNormOptions(config_.norm_num_groups, in).eps(1e-6).affine(true)));
   if (config_.use_linear_projection) {
-    proj_in_linear = register_module("proj_in", torch::nn::Linear(in, inner));
+    proj_in_linear = register_module("proj_in", linear(torch::nn::LinearOptions(in, inner)));
   } else {
-    proj_in_conv =
-        register_module("proj_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, inner, 1)));
+    proj_in_conv = register_module("proj_in", conv2d(torch::nn::Conv2dOptions(in, inner, 1)));
   }
 
   transformer_blocks = register_module("transformer_blocks", torch::nn::ModuleList());
@@ -242,10 +240,9 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DModelConfig& c
   }
 
   if (config_.use_linear_projection) {
-    proj_out_linear = register_module("proj_out", torch::nn::Linear(inner, out));
+    proj_out_linear = register_module("proj_out", linear(torch::nn::LinearOptions(inner, out)));
   } else {
-    proj_out_conv =
-        register_module("proj_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(inner, out, 1)));
+    proj_out_conv = register_module("proj_out", conv2d(torch::nn::Conv2dOptions(inner, out, 1)));
   }
 }
 
@@ -270,15 +267,19 @@ torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& hidden_states
   // 2. Blocks
   for (auto& block : block_modules) hidden = block(hidden, encoder_hidden_states);
 
-  // 3. Output: back to [B, C, H, W], plus the residual
+  // 3. Output: back to [B, C, H, W] in the input's layout (a free view when channels-last),
+  // plus the residual
+  const auto layout = residual.suggest_memory_format();
   if (proj_out_conv) {
-    hidden =
-        hidden.reshape({batch, height, width, hidden.size(-1)}).permute({0, 3, 1, 2}).contiguous();
+    hidden = hidden.reshape({batch, height, width, hidden.size(-1)})
+                 .permute({0, 3, 1, 2})
+                 .contiguous(layout);
     hidden = proj_out_conv(hidden);
   } else {
     hidden = proj_out_linear(hidden);
-    hidden =
-        hidden.reshape({batch, height, width, hidden.size(-1)}).permute({0, 3, 1, 2}).contiguous();
+    hidden = hidden.reshape({batch, height, width, hidden.size(-1)})
+                 .permute({0, 3, 1, 2})
+                 .contiguous(layout);
   }
   return hidden + residual;
 }

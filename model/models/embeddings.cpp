@@ -1,4 +1,5 @@
 #include "model/models/embeddings.h"
+#include "model/models/layers.h"
 
 #include <cmath>
 
@@ -46,9 +47,11 @@ torch::Tensor TimestepsImpl::forward(const torch::Tensor& timesteps) {
 
 TimestepEmbeddingImpl::TimestepEmbeddingImpl(int64_t in_channels, int64_t time_embed_dim,
                                              int64_t out_dim) {
-  linear_1 = register_module("linear_1", torch::nn::Linear(in_channels, time_embed_dim));
+  linear_1 =
+      register_module("linear_1", linear(torch::nn::LinearOptions(in_channels, time_embed_dim)));
   linear_2 = register_module(
-      "linear_2", torch::nn::Linear(time_embed_dim, out_dim > 0 ? out_dim : time_embed_dim));
+      "linear_2",
+      linear(torch::nn::LinearOptions(time_embed_dim, out_dim > 0 ? out_dim : time_embed_dim)));
 }
 
 torch::Tensor TimestepEmbeddingImpl::forward(const torch::Tensor& sample) {

@@ -1,4 +1,5 @@
 #include "model/models/resnet.h"
+#include "model/models/layers.h"
 
 #include <algorithm>
 
@@ -17,19 +18,19 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DConfig& config) : config
   if (config_.out_channels == 0) config_.out_channels = config_.in_channels;
   const auto in = config_.in_channels, out = config_.out_channels;
   norm1 = register_module(
-      "norm1", torch::nn::GroupNorm(torch::nn::GroupNormOptions(config_.groups, in).eps(config_.eps)));
-  conv1 = register_module("conv1",
-                          torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).padding(1)));
+      "norm1",
+      torch::nn::GroupNorm(torch::nn::GroupNormOptions(config_.groups, in).eps(config_.eps)));
+  conv1 = register_module("conv1", conv2d(torch::nn::Conv2dOptions(in, out, 3).padding(1)));
   if (config_.temb_channels > 0) {
-    time_emb_proj = register_module("time_emb_proj", torch::nn::Linear(config_.temb_channels, out));
+    time_emb_proj = register_module("time_emb_proj",
+                                    linear(torch::nn::LinearOptions(config_.temb_channels, out)));
   }
   norm2 = register_module(
-      "norm2", torch::nn::GroupNorm(torch::nn::GroupNormOptions(config_.groups, out).eps(config_.eps)));
-  conv2 = register_module("conv2",
-                          torch::nn::Conv2d(torch::nn::Conv2dOptions(out, out, 3).padding(1)));
+      "norm2",
+      torch::nn::GroupNorm(torch::nn::GroupNormOptions(config_.groups, out).eps(config_.eps)));
+  conv2 = register_module("conv2", conv2d(torch::nn::Conv2dOptions(out, out, 3).padding(1)));
   if (in != out) {
-    conv_shortcut = register_module("conv_shortcut",
-                                    torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 1)));
+    conv_shortcut = register_module("conv_shortcut", conv2d(torch::nn::Conv2dOptions(in, out, 1)));
   }
 }
 
@@ -46,7 +47,8 @@ torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& input, const torch
   if (gate_ && gate_->mask().defined()) {
     // [units] or [batch, units] -> per channel, broadcast over the spatial dimensions.
     auto mask = gate_->mask().to(hidden.dtype()).repeat_interleave(gate_->unit_size(), -1);
-    hidden = hidden * (mask.dim() == 1 ? mask.view({1, -1, 1, 1}) : mask.unsqueeze(-1).unsqueeze(-1));
+    hidden =
+        hidden * (mask.dim() == 1 ? mask.view({1, -1, 1, 1}) : mask.unsqueeze(-1).unsqueeze(-1));
   }
   hidden = conv2(hidden);
   auto shortcut = conv_shortcut ? conv_shortcut(input) : input;
@@ -120,7 +122,9 @@ void ResnetBlock2DImpl::reorder_units(const std::vector<int64_t>& order) {
 at::Tensor ResnetBlock2DImpl::magnitude_scores() const {
   torch::NoGradGuard no_grad;
   const int64_t groups = config_.groups;
-  return conv1->weight.detach().abs().reshape({groups, -1}).sum(1).to(torch::kFloat).cpu();
+  // L1 norm of each output channel's kernel (any memory format), summed per group.
+  const auto per_channel = conv1->weight.detach().abs().sum({1, 2, 3});
+  return per_channel.reshape({groups, -1}).sum(1).to(torch::kFloat).cpu();
 }
 
 int64_t ResnetBlock2DImpl::unit_macs(int64_t positions) const {
@@ -131,9 +135,9 @@ int64_t ResnetBlock2DImpl::unit_macs(int64_t positions) const {
 
 Downsample2DImpl::Downsample2DImpl(int64_t channels, int64_t out_channels, int64_t padding)
     : padding_(padding) {
-  conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, out_channels, 3)
-                                                       .stride(2)
-                                                       .padding(padding)));
+  conv = register_module(
+      "conv",
+      conv2d(torch::nn::Conv2dOptions(channels, out_channels, 3).stride(2).padding(padding)));
 }
 
 torch::Tensor Downsample2DImpl::forward(const torch::Tensor& input) {
@@ -144,14 +148,16 @@ torch::Tensor Downsample2DImpl::forward(const torch::Tensor& input) {
 }
 
 Upsample2DImpl::Upsample2DImpl(int64_t channels, int64_t out_channels) {
-  conv = register_module(
-      "conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, out_channels, 3).padding(1)));
+  conv = register_module("conv",
+                         conv2d(torch::nn::Conv2dOptions(channels, out_channels, 3).padding(1)));
 }
 
 torch::Tensor Upsample2DImpl::forward(const torch::Tensor& input,
                                       std::optional<std::pair<int64_t, int64_t>> output_size) {
-  // As diffusers: nearest upsampling runs in float32 for bfloat16 inputs.
-  auto x = input.scalar_type() == torch::kBFloat16 ? input.to(torch::kFloat32) : input.contiguous();
+  // As diffusers: nearest upsampling runs in float32 for bfloat16 inputs, and on a contiguous
+  // copy for batches of 64 or more (the NHWC kernel fails on large batches, diffusers#984).
+  auto x = input.scalar_type() == torch::kBFloat16 ? input.to(torch::kFloat32) : input;
+  if (x.size(0) >= 64) x = x.contiguous();
   auto options = F::InterpolateFuncOptions().mode(torch::kNearest);
   if (output_size) {
     options.size(std::vector<int64_t>{output_size->first, output_size->second});

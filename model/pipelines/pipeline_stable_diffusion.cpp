@@ -83,6 +83,7 @@ std::unique_ptr<StableDiffusionPipeline> StableDiffusionPipeline::load(
   io::LoadOptions load_options;
   load_options.prefer_fp16 = options.prefer_fp16_weights;
   parts->text_encoder = clip::load_clip_text_model(parts->folder.text_encoder, load_options);
+  load_options.channels_last = options.channels_last;  // the convolutional networks only
   parts->unet = models::load_unet(parts->folder.unet, load_options);
   parts->vae = models::load_vae(parts->folder.vae, load_options);
   const int64_t scale = parts->vae->config().spatial_scale();
@@ -100,6 +101,7 @@ std::unique_ptr<StableDiffusionPipeline> StableDiffusionPipeline::load(
     module->eval();
     module->to(options.device, options.dtype);
   }
+
   // Gates on every ResNet block and feed-forward, units reordered once by importance: level 0
   // computes the full model; other levels slice a prefix of each layer.
   pruning::GateScores scores;

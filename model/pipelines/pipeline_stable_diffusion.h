@@ -87,6 +87,10 @@ struct PipelineOptions {
   // U-Net (and its pruning level) sets a request's peak. 0: whole images.
   int64_t vae_tile_size = 0;
   double vae_tile_overlap = 0.25;  // diffusers' tile_overlap_factor
+  // Store the U-Net's and VAE's convolution weights channels-last (NHWC), so that oneDNN (CPU)
+  // and cuDNN run their convolutions without converting layouts, and the transformer blocks'
+  // [B, C, H, W] <-> [B, H*W, C] reshapes are free. Same results up to float rounding.
+  bool channels_last = true;
 };
 
 class StableDiffusionPipeline {

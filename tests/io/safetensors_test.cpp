@@ -181,6 +181,58 @@ TEST(Safetensors, TensorsOutliveTheFile) {
   EXPECT_TRUE(at::equal(loaded, expected));
 }
 
+TEST(Safetensors, ReadIntoEveryKindOfTarget) {
+  const auto path = temp_dir("st-read-into") / "r.safetensors";
+  const auto expected = at::randn({6, 5, 3, 3});
+  save_safetensors(path, {{"w", expected}});
+  SafetensorsFile file(path);
+
+  auto direct = at::zeros({6, 5, 3, 3});  // contiguous, same dtype: read straight into it
+  const void* storage = direct.data_ptr();
+  file.read_into("w", direct);
+  EXPECT_TRUE(at::equal(direct, expected));
+  EXPECT_EQ(direct.data_ptr(), storage);  // into the target's own memory
+
+  at::Tensor staging;
+  auto channels_last = at::zeros({6, 5, 3, 3}).contiguous(at::MemoryFormat::ChannelsLast);
+  file.read_into("w", channels_last, &staging);
+  EXPECT_TRUE(at::equal(channels_last, expected));
+  EXPECT_TRUE(channels_last.is_contiguous(at::MemoryFormat::ChannelsLast));
+  ASSERT_TRUE(staging.defined());
+  const void* staged = staging.data_ptr();
+  auto half = at::zeros({6, 5, 3, 3}, at::kHalf);
+  file.read_into("w", half, &staging);  // converts; the staging buffer is reused, not regrown
+  EXPECT_TRUE(at::equal(half, expected.to(at::kHalf)));
+  EXPECT_EQ(staging.data_ptr(), staged);
+
+  auto transposed = at::zeros({3, 3, 5, 6}).permute({3, 2, 1, 0});  // no staging: a new tensor
+  file.read_into("w", transposed);
+  EXPECT_TRUE(at::equal(transposed, expected));
+
+  auto wrong = at::zeros({6, 5, 9});
+  try {
+    file.read_into("w", wrong);
+    ADD_FAILURE() << "no SafetensorsError";
+  } catch (const SafetensorsError& e) {
+    EXPECT_NE(std::string(e.what()).find("\"w\""), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("shape"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Safetensors, FileTruncatedAfterOpeningIsAReadError) {
+  const auto path = temp_dir("st-truncated") / "t.safetensors";
+  save_safetensors(path, {{"x", at::randn({64})}});
+  SafetensorsFile file(path);
+  fs::resize_file(path, fs::file_size(path) - 16);
+  try {
+    file.tensor("x");
+    ADD_FAILURE() << "no SafetensorsError";
+  } catch (const SafetensorsError& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot read"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(path.string()), std::string::npos) << e.what();
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Interoperability with the reference package
 

@@ -234,6 +234,30 @@ TEST(LoadComponent, ConvertsF16AndBF16Files) {
   }
 }
 
+TEST(LoadComponent, ChannelsLastRestridesConvolutionWeightsOnly) {
+  const auto dir = temp_dir("comp-channels-last");
+  const TensorMap weights = {{"conv.weight", at::randn({8, 4, 3, 3})},
+                             {"conv.bias", at::randn({8})}};
+  save_safetensors(dir / "diffusion_pytorch_model.safetensors", weights);
+  torch::nn::Module module;
+  auto conv = module.register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(4, 8, 3)));
+  const auto before = conv->weight;  // the registered parameter, seen through another handle
+
+  load_component(module, dir);
+  EXPECT_TRUE(conv->weight.is_contiguous());
+  LoadOptions options;
+  options.channels_last = true;
+  load_component(module, dir, options);
+  EXPECT_TRUE(conv->weight.is_contiguous(at::MemoryFormat::ChannelsLast));
+  EXPECT_FALSE(conv->weight.is_contiguous());
+  EXPECT_TRUE(before.is_contiguous(at::MemoryFormat::ChannelsLast));  // the same parameter
+  EXPECT_TRUE(conv->bias.is_contiguous());
+  expect_loaded(module, weights);
+  const auto x = at::randn({2, 4, 7, 7});
+  const auto reference = at::conv2d(x, weights.at("conv.weight"), weights.at("conv.bias"));
+  EXPECT_TRUE(at::allclose(conv->forward(x), reference, 1e-5, 1e-5));
+}
+
 TEST(LoadComponent, ErrorNamesTheWeightFile) {
   const auto dir = temp_dir("comp-err");
   auto weights = small_weights();

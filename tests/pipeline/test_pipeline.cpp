@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "model/models/unets/unet_2d_condition.h"
 #include "model/pipelines/pipeline_stable_diffusion.h"
 #include "tests/common/test_util.h"
 
@@ -152,6 +153,31 @@ TEST(PipelineVaeTiling, TilesOnlyLargerImagesAndLowersThePeak) {
     FAIL() << "expected an error";
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("vae_tile_size"), std::string::npos) << e.what();
+  }
+}
+
+// Channels-last weights (the default) change only the layout: the same image, up to float
+// rounding, as with contiguous (NCHW) weights, at level 0 and pruned.
+TEST(PipelineMemoryFormat, ChannelsLastEqualsContiguous) {
+  const auto model = ldcp::testing::parity_model("tiny-a");
+  auto channels_last = StableDiffusionPipeline::load(model);
+  PipelineOptions options;
+  options.channels_last = false;
+  auto contiguous = StableDiffusionPipeline::load(model, options);
+  const auto& conv = channels_last->unet().conv_in->weight;
+  EXPECT_TRUE(conv.is_contiguous(at::MemoryFormat::ChannelsLast));
+  EXPECT_FALSE(conv.is_contiguous());
+  EXPECT_TRUE(contiguous->unet().conv_in->weight.is_contiguous());
+  GenerationParams p;
+  p.prompt = "a lighthouse";
+  p.steps = 3;
+  p.seed = 5;
+  p.width = p.height = 64;
+  for (const double level : {0.0, 0.5}) {
+    p.pruning = ldcp::pruning::PruningSchedule::fixed(level);
+    const auto a = channels_last->generate(p).images;
+    const auto b = contiguous->generate(p).images;
+    EXPECT_LT((a - b).abs().max().item<float>(), 1e-4) << "level " << level;
   }
 }
 

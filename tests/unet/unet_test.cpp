@@ -13,6 +13,7 @@
 #include "model/io/safetensors.h"
 #include "model/io/weights.h"
 #include "model/models/embeddings.h"
+#include "model/models/layers.h"
 #include "model/models/unets/unet_2d_condition.h"
 #include "tests/common/test_util.h"
 
@@ -346,6 +347,59 @@ TEST(UNetForward, RunsInTheSampleDtype) {
   EXPECT_EQ(out.scalar_type(), torch::kBFloat16);
   // bfloat16 keeps ~3 significant digits; the tiny model's output stays close to float32's.
   EXPECT_ALLCLOSE(out.to(torch::kFloat32), ref.at("b2_t500.out"), 0.1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layer factories: loaders build networks without libtorch's random initialisation
+
+TEST(LayerFactories, UninitializedScopeGivesTheSameLayersWithoutDrawingWeights) {
+  namespace m = ldcp::models;
+  const auto conv_options = torch::nn::Conv2dOptions(6, 8, 3).padding(1).groups(2);
+  const auto linear_options = torch::nn::LinearOptions(5, 7).bias(false);
+  const auto embedding_options = torch::nn::EmbeddingOptions(11, 4);
+  EXPECT_FALSE(m::UninitializedParameters::active());
+  auto drawn_conv = m::conv2d(conv_options);
+  EXPECT_GT(drawn_conv->weight.abs().sum().item<float>(), 0);  // libtorch's Kaiming init
+
+  torch::nn::Conv2d conv{nullptr};
+  torch::nn::Linear linear{nullptr};
+  torch::nn::Embedding embedding{nullptr};
+  {
+    m::UninitializedParameters outer;
+    {
+      m::UninitializedParameters inner;
+      conv = m::conv2d(conv_options);
+    }
+    EXPECT_TRUE(m::UninitializedParameters::active());  // nested scopes restore, not reset
+    linear = m::linear(linear_options);
+    embedding = m::embedding(embedding_options);
+  }
+  EXPECT_FALSE(m::UninitializedParameters::active());
+
+  // Same shapes, options and parameter names as libtorch's own layers.
+  EXPECT_EQ(conv->weight.sizes(), drawn_conv->weight.sizes());
+  EXPECT_EQ(conv->bias.sizes(), drawn_conv->bias.sizes());
+  EXPECT_EQ(conv->options.in_channels(), 6);
+  EXPECT_EQ(conv->options.out_channels(), 8);
+  EXPECT_EQ(conv->named_parameters().keys(), drawn_conv->named_parameters().keys());
+  EXPECT_EQ(linear->weight.sizes(), (std::vector<int64_t>{7, 5}));
+  EXPECT_FALSE(linear->bias.defined());
+  EXPECT_EQ(linear->named_parameters().size(), 1u);
+  EXPECT_EQ(embedding->weight.sizes(), (std::vector<int64_t>{11, 4}));
+  EXPECT_EQ(embedding->options.num_embeddings(), 11);
+
+  // Given weights, they compute what the functional ops compute.
+  torch::NoGradGuard no_grad;
+  conv->weight.copy_(drawn_conv->weight);
+  conv->bias.copy_(drawn_conv->bias);
+  const auto x = torch::randn({2, 6, 5, 5});
+  EXPECT_TRUE(torch::allclose(conv(x), drawn_conv(x)));
+  linear->weight.normal_();
+  const auto y = torch::randn({3, 5});
+  EXPECT_TRUE(torch::allclose(linear(y), torch::matmul(y, linear->weight.t())));
+  embedding->weight.normal_();
+  EXPECT_TRUE(torch::equal(embedding(torch::tensor({3, 10})),
+                           embedding->weight.index_select(0, torch::tensor({3, 10}))));
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
 #include "model/models/autoencoders/autoencoder_kl.h"
+#include "model/models/layers.h"
 
 #include <algorithm>
 #include <stdexcept>
@@ -120,10 +121,12 @@ AutoencoderKLImpl::AutoencoderKLImpl(const AutoencoderKLConfig& config) : config
 
   const auto latent = config_.latent_channels;
   if (config_.use_quant_conv) {
-    quant_conv = register_module("quant_conv", torch::nn::Conv2d(2 * latent, 2 * latent, 1));
+    quant_conv =
+        register_module("quant_conv", conv2d(torch::nn::Conv2dOptions(2 * latent, 2 * latent, 1)));
   }
   if (config_.use_post_quant_conv) {
-    post_quant_conv = register_module("post_quant_conv", torch::nn::Conv2d(latent, latent, 1));
+    post_quant_conv =
+        register_module("post_quant_conv", conv2d(torch::nn::Conv2dOptions(latent, latent, 1)));
   }
 }
 
@@ -213,7 +216,11 @@ AutoencoderKL load_vae(const std::filesystem::path& vae_dir, const io::LoadOptio
   } catch (const ConfigError& e) {
     throw ConfigError(config_path.string() + ": " + e.what());
   }
-  AutoencoderKL vae(config);
+  // Every parameter is read from the checkpoint below (load_component is strict).
+  AutoencoderKL vae = [&] {
+    UninitializedParameters skip_random_init;
+    return AutoencoderKL(config);
+  }();
   ldcp::io::load_component(*vae, vae_dir, options);
   vae->eval();
   return vae;

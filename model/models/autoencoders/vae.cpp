@@ -1,4 +1,5 @@
 #include "model/models/autoencoders/vae.h"
+#include "model/models/layers.h"
 
 #include <stdexcept>
 #include <string>
@@ -16,7 +17,7 @@ torch::nn::GroupNorm make_group_norm(int64_t groups, int64_t channels, double ep
 }
 
 torch::nn::Conv2d conv3x3(int64_t in, int64_t out) {
-  return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).padding(1));
+  return conv2d(torch::nn::Conv2dOptions(in, out, 3).padding(1));
 }
 
 }  // namespace
@@ -36,11 +37,11 @@ SpatialSelfAttentionImpl::SpatialSelfAttentionImpl(const SpatialSelfAttentionCon
                                  make_group_norm(config_.norm_num_groups, channels, config_.eps));
   }
   // inner_dim = heads * dim_head = channels, with biases (Attention(bias=True)).
-  to_q = register_module("to_q", torch::nn::Linear(channels, channels));
-  to_k = register_module("to_k", torch::nn::Linear(channels, channels));
-  to_v = register_module("to_v", torch::nn::Linear(channels, channels));
+  to_q = register_module("to_q", linear(torch::nn::LinearOptions(channels, channels)));
+  to_k = register_module("to_k", linear(torch::nn::LinearOptions(channels, channels)));
+  to_v = register_module("to_v", linear(torch::nn::LinearOptions(channels, channels)));
   to_out = register_module("to_out", torch::nn::ModuleList());
-  to_out->push_back(torch::nn::Linear(channels, channels));
+  to_out->push_back(linear(torch::nn::LinearOptions(channels, channels)));
   to_out->push_back(torch::nn::Dropout(0.0));
 }
 
@@ -49,7 +50,7 @@ torch::Tensor SpatialSelfAttentionImpl::forward(const torch::Tensor& input) {
   const auto residual = input;
   const auto batch = input.size(0), channels = input.size(1), height = input.size(2),
              width = input.size(3);
-  auto hidden = input.view({batch, channels, height * width}).transpose(1, 2);
+  auto hidden = input.reshape({batch, channels, height * width}).transpose(1, 2);
   if (group_norm) hidden = group_norm(hidden.transpose(1, 2)).transpose(1, 2);
 
   auto query = to_q(hidden);
@@ -65,7 +66,10 @@ torch::Tensor SpatialSelfAttentionImpl::forward(const torch::Tensor& input) {
   hidden = hidden.transpose(1, 2).reshape({batch, -1, heads * head_dim}).to(query.scalar_type());
   hidden = to_out[0]->as<torch::nn::Linear>()->forward(hidden);  // to_out[1] is Dropout(0)
 
-  hidden = hidden.transpose(-1, -2).reshape({batch, channels, height, width});
+  // [B, H*W, C] -> [B, C, H, W] in the input's layout (a free view when channels-last)
+  hidden = hidden.reshape({batch, height, width, channels})
+               .permute({0, 3, 1, 2})
+               .contiguous(input.suggest_memory_format());
   if (config_.residual_connection) hidden = hidden + residual;
   return hidden / config_.rescale_output_factor;
 }

@@ -1,4 +1,5 @@
 #include "model/models/unets/unet_2d_condition.h"
+#include "model/models/layers.h"
 
 #include <algorithm>
 #include <set>
@@ -261,8 +262,7 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
 
   // input
   conv_in = register_module(
-      "conv_in",
-      torch::nn::Conv2d(torch::nn::Conv2dOptions(c.in_channels, channels[0], c.conv_in_kernel)
+      "conv_in", conv2d(torch::nn::Conv2dOptions(c.in_channels, channels[0], c.conv_in_kernel)
                             .padding((c.conv_in_kernel - 1) / 2)));
 
   // time
@@ -340,9 +340,8 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
           torch::nn::GroupNormOptions(c.norm_num_groups, channels[0]).eps(c.norm_eps)));
   conv_act = register_module("conv_act", torch::nn::SiLU());
   conv_out = register_module(
-      "conv_out",
-      torch::nn::Conv2d(torch::nn::Conv2dOptions(channels[0], c.out_channels, c.conv_out_kernel)
-                            .padding((c.conv_out_kernel - 1) / 2)));
+      "conv_out", conv2d(torch::nn::Conv2dOptions(channels[0], c.out_channels, c.conv_out_kernel)
+                             .padding((c.conv_out_kernel - 1) / 2)));
 }
 
 torch::Tensor UNet2DConditionModelImpl::get_time_embed(const torch::Tensor& sample,
@@ -453,7 +452,11 @@ UNet2DConditionModel load_unet(const std::filesystem::path& unet_dir,
   } catch (const ConfigError& e) {
     throw ConfigError(config_path.string() + ": " + e.what());
   }
-  UNet2DConditionModel model(config);
+  // Every parameter is read from the checkpoint below (load_component is strict).
+  UNet2DConditionModel model = [&] {
+    UninitializedParameters skip_random_init;
+    return UNet2DConditionModel(config);
+  }();
   io::load_component(*model, unet_dir, options);
   model->eval();
   for (auto& parameter : model->parameters()) parameter.set_requires_grad(false);

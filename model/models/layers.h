@@ -1,0 +1,37 @@
+#pragma once
+// The libtorch layers the networks are built from, made through these factories so that a
+// network about to receive checkpoint weights skips drawing random ones.
+//
+// libtorch's Conv2d/Linear/Embedding constructors fill their parameters with random numbers
+// (serially: about 4 s for SD1.5's U-Net on a CPU) that loading overwrites at once. Inside an
+// UninitializedParameters scope the factories give the layers uninitialized parameters of the
+// right shapes instead; outside one they construct the layers as libtorch does.
+
+#include <cstdint>
+
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+
+namespace ldcp::models {
+
+// While alive (on this thread), the factories below leave parameters uninitialized. For
+// loaders only: every parameter must then be overwritten before use.
+class UninitializedParameters {
+ public:
+  UninitializedParameters();
+  ~UninitializedParameters();
+  UninitializedParameters(const UninitializedParameters&) = delete;
+  UninitializedParameters& operator=(const UninitializedParameters&) = delete;
+
+  static bool active();
+
+ private:
+  bool previous_;
+};
+
+torch::nn::Conv2d conv2d(const torch::nn::Conv2dOptions& options);
+torch::nn::Linear linear(const torch::nn::LinearOptions& options);
+torch::nn::Embedding embedding(const torch::nn::EmbeddingOptions& options);
+
+}  // namespace ldcp::models
