@@ -328,6 +328,9 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
     }
   }
   const double denoising_s = seconds_since(denoise_start);
+  // The U-Net's freed activations, kept by the heap for reuse between steps, must not add to
+  // the decoder's peak (the process's resident peak at 512x512).
+  if (parts_->options.device.is_cpu()) runtime::release_free_cpu_memory();
 
   // One image at a time: the decoder's activations at full resolution dominate a request's
   // peak memory, and they scale with the batch.
@@ -352,6 +355,7 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
     result.images = torch::cat(images).permute({0, 2, 3, 1}).contiguous();
     result.timings.decoding_s = seconds_since(decode_start);
   }
+  if (parts_->options.device.is_cpu()) runtime::release_free_cpu_memory();
   const auto memory = meter.stats();
   const double total_s = seconds_since(start);
   for (auto& result : results) {

@@ -9,6 +9,10 @@
 #include <c10/core/CachingDeviceAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 namespace ldcp::runtime {
 namespace {
 
@@ -58,6 +62,12 @@ class TrackingCpuAllocator final : public c10::Allocator {
 TrackingCpuAllocator& cpu_allocator() {
   // Installed once, never freed: tensors allocated through it may outlive any meter.
   static TrackingCpuAllocator* allocator = [] {
+#if defined(__GLIBC__)
+    // Keep freed blocks up to glibc's largest threshold (32 MiB) in the heap for reuse, and do
+    // not trim the heap's top on every free (release_free_cpu_memory does, between phases).
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
     auto* tracking = new TrackingCpuAllocator();
     // A high priority so that later registrations of lower priority do not replace it.
     c10::SetCPUAllocator(tracking, /*priority=*/100);
@@ -76,6 +86,12 @@ void TrackingCpuAllocator::Delete(void* data) {
 constexpr auto kAggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
 
 }  // namespace
+
+void release_free_cpu_memory() {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
+}
 
 MemoryMeter::MemoryMeter(c10::Device device) : device_(device) {
   if (device_.is_cpu()) cpu_allocator();
