@@ -41,12 +41,12 @@ double process_cpu_seconds() {
 
 struct BenchArgs {
   std::string model, gates, scores = "magnitude", levels = "0,0.25,0.5,0.75", device = "cpu",
-                            dtype = "fp32", json, sampler = "pndm", memory_format = "channels_last",
+                            dtype = "fp32", json, sampler = "pndm",
                             prompt = "a photograph of an astronaut riding a horse";
   int64_t width = 0, height = 0, batch = 1, steps = 20, repeats = 5, threads = 0;
   double guidance = 7.5;
   uint64_t seed = 0;
-  bool no_ungated = false, no_generation = false;
+  bool no_ungated = false, no_generation = false, channels_last = true;
 };
 
 // One row of the table: a pruning level, or the U-Net without gates.
@@ -72,7 +72,7 @@ void run_bench(const BenchArgs& args) {
   options.dtype = parse_dtype(args.dtype);
   options.gates_file = args.gates;
   options.score_source = args.scores;
-  options.channels_last = args.memory_format == "channels_last";
+  options.channels_last = args.channels_last;
   const auto levels = parse_levels(args.levels, "--levels");
   if (args.threads > 0) torch::set_num_threads(static_cast<int>(args.threads));
 
@@ -386,9 +386,7 @@ void add_bench_command(CLI::App& app) {
   bench->add_option("--threads", a.threads, "Intra-op threads (0: libtorch's default)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1024));
-  bench->add_option("--memory-format", a.memory_format, kMemoryFormatHelp)
-      ->capture_default_str()
-      ->check(CLI::IsMember({"channels_last", "contiguous"}));
+  add_memory_format_option(*bench, a.channels_last);
   bench->add_option("--json", a.json, "Write every figure to this JSON file");
   bench->add_flag("--no-ungated", a.no_ungated,
                   "Skip the no-gates baseline (it loads a second U-Net)");

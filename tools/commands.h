@@ -18,10 +18,10 @@ void add_eval_pruning_command(CLI::App& app);
 
 // --dtype and --device values, with errors naming the option.
 c10::ScalarType parse_dtype(const std::string& name);
-// --memory-format's help: the layout of the U-Net's and VAE's convolution weights.
-inline constexpr const char* kMemoryFormatHelp =
-    "Convolution weight layout: channels_last (NHWC, faster) or contiguous (NCHW)";
 c10::Device parse_device(const std::string& name);
+// --memory-format channels_last|contiguous (the U-Net's and VAE's convolution weight layout,
+// PipelineOptions::channels_last), stored into `channels_last`.
+void add_memory_format_option(CLI::App& command, bool& channels_last);
 // Comma-separated pruning levels ("0,0.25,0.5"), each in [0, 1); error names `option`.
 std::vector<double> parse_levels(const std::string& text, const std::string& option);
 

@@ -39,6 +39,16 @@ c10::Device parse_device(const std::string& name) {
   return device;
 }
 
+void add_memory_format_option(CLI::App& command, bool& channels_last) {
+  command
+      .add_option_function<std::string>(
+          "--memory-format",
+          [&channels_last](const std::string& value) { channels_last = value == "channels_last"; },
+          "Convolution weight layout: channels_last (NHWC, faster) or contiguous (NCHW)")
+      ->default_str("channels_last")
+      ->check(CLI::IsMember({"channels_last", "contiguous"}));
+}
+
 std::vector<double> parse_levels(const std::string& text, const std::string& option) {
   std::vector<double> levels;
   std::stringstream in(text);
@@ -70,12 +80,12 @@ std::filesystem::path output_path(const std::filesystem::path& out, int64_t inde
 }
 
 struct GenerateArgs {
-  std::string model, out, device = "cpu", dtype = "fp32", gates, scores = "magnitude",
-                          memory_format = "channels_last";
+  std::string model, out, device = "cpu", dtype = "fp32", gates, scores = "magnitude";
   int64_t vae_tile_size = 0;
   pipelines::GenerationParams params;
   std::optional<uint64_t> seed;
   bool fp16_weights = false;
+  bool channels_last = true;
   std::optional<double> pruning_level;
   std::optional<double> pruning_below_timestep;
   std::string pruning_steps;
@@ -89,7 +99,7 @@ void run_generate(GenerateArgs& args) {
   options.gates_file = args.gates;
   options.score_source = args.scores;
   options.vae_tile_size = args.vae_tile_size;
-  options.channels_last = args.memory_format == "channels_last";
+  options.channels_last = args.channels_last;
   auto& params = args.params;
   params.seed = args.seed ? *args.seed : std::random_device{}();
   if (!args.pruning_steps.empty()) {
@@ -194,9 +204,7 @@ void add_generate_command(CLI::App& app) {
   generate->add_option("--scores", gen.scores, "Scores without a gates file: magnitude or random")
       ->capture_default_str()
       ->check(CLI::IsMember({"magnitude", "random"}));
-  generate->add_option("--memory-format", gen.memory_format, kMemoryFormatHelp)
-      ->capture_default_str()
-      ->check(CLI::IsMember({"channels_last", "contiguous"}));
+  add_memory_format_option(*generate, gen.channels_last);
   generate->final_callback([args] { run_generate(*args); });
 }
 

@@ -1,5 +1,4 @@
 #include "model/clip/modeling_clip.h"
-#include "model/models/layers.h"
 
 #include <algorithm>
 #include <cmath>
@@ -11,6 +10,7 @@
 
 #include "model/io/json_file.h"
 #include "model/io/safetensors.h"
+#include "model/models/layers.h"
 
 namespace ldcp::clip {
 namespace {
@@ -236,11 +236,7 @@ ClipTextModel load_clip_text_model(const std::filesystem::path& text_encoder_dir
   } catch (const io::ConfigError& e) {
     throw io::ConfigError(config_file.string() + ": " + e.what());
   }
-  // Every parameter is read from the checkpoint below (load_component is strict).
-  ClipTextModel model = [&] {
-    models::UninitializedParameters skip_random_init;
-    return ClipTextModel(config);
-  }();
+  auto model = models::make_uninitialized<ClipTextModel>(config);
 
   // transformers 5 writes the keys without "text_model." (its PrefixChange for CLIPTextModel):
   // they are then the keys of the inner module. Older checkpoints, SD1.5's among them, have it.

@@ -1,5 +1,4 @@
 #include "model/models/attention.h"
-#include "model/models/layers.h"
 
 #include <algorithm>
 
@@ -8,6 +7,8 @@
 
 #include <ATen/ops/scaled_dot_product_attention.h>
 #include <torch/nn/functional/activation.h>
+
+#include "model/models/layers.h"
 
 namespace ldcp::models {
 
@@ -72,8 +73,8 @@ FeedForwardImpl::FeedForwardImpl(const FeedForwardConfig& config) : config_(conf
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& hidden_states) {
-  if (!gate_)
-    return proj_out(act(hidden_states));  // net[1] is a Dropout: the identity at inference
+  // net[1] is a Dropout: the identity at inference.
+  if (!gate_) return proj_out(act(hidden_states));
   gate_->record_positions(hidden_states.size(-2));
   if (gate_->sliced()) return forward_sliced(hidden_states);
   auto inner = act(hidden_states);

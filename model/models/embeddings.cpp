@@ -1,10 +1,11 @@
 #include "model/models/embeddings.h"
-#include "model/models/layers.h"
 
 #include <cmath>
 
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/functional/padding.h>
+
+#include "model/models/layers.h"
 
 namespace ldcp::models {
 

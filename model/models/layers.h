@@ -8,6 +8,7 @@
 // right shapes instead; outside one they construct the layers as libtorch does.
 
 #include <cstdint>
+#include <utility>
 
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/embedding.h>
@@ -29,6 +30,14 @@ class UninitializedParameters {
  private:
   bool previous_;
 };
+
+// A Module (holder) built inside an UninitializedParameters scope: for loaders that read every
+// parameter from a checkpoint next (load_component is strict, so none is left unread).
+template <typename Module, typename... Args>
+Module make_uninitialized(Args&&... args) {
+  UninitializedParameters skip_random_init;
+  return Module(std::forward<Args>(args)...);
+}
 
 torch::nn::Conv2d conv2d(const torch::nn::Conv2dOptions& options);
 torch::nn::Linear linear(const torch::nn::LinearOptions& options);

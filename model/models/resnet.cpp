@@ -1,5 +1,4 @@
 #include "model/models/resnet.h"
-#include "model/models/layers.h"
 
 #include <algorithm>
 
@@ -9,6 +8,8 @@
 #include <torch/nn/functional/normalization.h>
 #include <torch/nn/functional/padding.h>
 #include <torch/nn/functional/upsampling.h>
+
+#include "model/models/layers.h"
 
 namespace ldcp::models {
 

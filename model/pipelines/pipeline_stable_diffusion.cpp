@@ -101,7 +101,6 @@ std::unique_ptr<StableDiffusionPipeline> StableDiffusionPipeline::load(
     module->eval();
     module->to(options.device, options.dtype);
   }
-
   // Gates on every ResNet block and feed-forward, units reordered once by importance: level 0
   // computes the full model; other levels slice a prefix of each layer.
   pruning::GateScores scores;
@@ -355,6 +354,7 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
     result.images = torch::cat(images).permute({0, 2, 3, 1}).contiguous();
     result.timings.decoding_s = seconds_since(decode_start);
   }
+  // Likewise the decoder's, so that an idle server does not hold them.
   if (parts_->options.device.is_cpu()) runtime::release_free_cpu_memory();
   const auto memory = meter.stats();
   const double total_s = seconds_since(start);

@@ -1,5 +1,4 @@
 #include "model/models/autoencoders/autoencoder_kl.h"
-#include "model/models/layers.h"
 
 #include <algorithm>
 #include <stdexcept>
@@ -8,6 +7,7 @@
 
 #include "model/io/json_file.h"
 #include "model/io/weights.h"
+#include "model/models/layers.h"
 
 namespace ldcp::models {
 
@@ -216,11 +216,7 @@ AutoencoderKL load_vae(const std::filesystem::path& vae_dir, const io::LoadOptio
   } catch (const ConfigError& e) {
     throw ConfigError(config_path.string() + ": " + e.what());
   }
-  // Every parameter is read from the checkpoint below (load_component is strict).
-  AutoencoderKL vae = [&] {
-    UninitializedParameters skip_random_init;
-    return AutoencoderKL(config);
-  }();
+  auto vae = make_uninitialized<AutoencoderKL>(config);
   ldcp::io::load_component(*vae, vae_dir, options);
   vae->eval();
   return vae;

@@ -1,5 +1,4 @@
 #include "model/models/autoencoders/vae.h"
-#include "model/models/layers.h"
 
 #include <stdexcept>
 #include <string>
@@ -7,6 +6,8 @@
 #include <ATen/ops/randn.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
 #include <torch/nn/modules/dropout.h>
+
+#include "model/models/layers.h"
 
 namespace ldcp::models {
 

@@ -1,5 +1,4 @@
 #include "model/models/unets/unet_2d_condition.h"
-#include "model/models/layers.h"
 
 #include <algorithm>
 #include <set>
@@ -7,6 +6,7 @@
 #include <stdexcept>
 
 #include "model/io/json_file.h"
+#include "model/models/layers.h"
 
 namespace ldcp::models {
 
@@ -452,11 +452,7 @@ UNet2DConditionModel load_unet(const std::filesystem::path& unet_dir,
   } catch (const ConfigError& e) {
     throw ConfigError(config_path.string() + ": " + e.what());
   }
-  // Every parameter is read from the checkpoint below (load_component is strict).
-  UNet2DConditionModel model = [&] {
-    UninitializedParameters skip_random_init;
-    return UNet2DConditionModel(config);
-  }();
+  auto model = make_uninitialized<UNet2DConditionModel>(config);
   io::load_component(*model, unet_dir, options);
   model->eval();
   for (auto& parameter : model->parameters()) parameter.set_requires_grad(false);
