@@ -15,6 +15,7 @@ void add_init_demo_model_command(CLI::App& app);
 void add_train_gates_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_eval_pruning_command(CLI::App& app);
+void add_tune_schedule_command(CLI::App& app);
 
 // --dtype and --device values, with errors naming the option.
 c10::ScalarType parse_dtype(const std::string& name);

@@ -7,9 +7,12 @@
 
 #include <torch/torch.h>
 
+#include "model/io/model_folder.h"
 #include "model/pipelines/image_io.h"
 #include "model/pipelines/pipeline_stable_diffusion.h"
 #include "model/pruning/gate_scores.h"
+#include "model/pruning/step_schedule.h"
+#include "model/pruning/unet_pruner.h"
 #include "model/schedulers/scheduler.h"
 #include "tools/commands.h"
 #include "tools/progress.h"
@@ -89,7 +92,42 @@ struct GenerateArgs {
   std::optional<double> pruning_level;
   std::optional<double> pruning_below_timestep;
   std::string pruning_steps;
+  std::optional<double> pruning_budget;
 };
+
+// --pruning-budget: the gates file's learned schedule for that mean FLOPs fraction, mapped onto
+// this run's timesteps (step_schedule.h: as stored for the sampler and step count it was tuned
+// for, re-mapped over the timestep otherwise).
+pruning::PruningSchedule budget_schedule(pipelines::StableDiffusionPipeline& pipeline,
+                                         const GenerateArgs& args,
+                                         const pipelines::GenerationParams& params) {
+  const double budget = *args.pruning_budget;
+  std::ostringstream what;
+  what << "--pruning-budget " << budget;
+  if (!(budget > 0.0 && budget <= 1.0)) {
+    throw std::invalid_argument(what.str() + ": must be a FLOPs fraction in (0, 1]");
+  }
+  if (args.gates.empty()) {
+    throw std::invalid_argument(what.str() +
+                                ": needs --gates FILE with learned step schedules (ldcp "
+                                "tune-schedule writes them)");
+  }
+  const auto schedules =
+      pruning::step_schedules_from_metadata(pipeline.pruner().scores().metadata, args.gates);
+  const auto& schedule = pruning::find_step_schedule(schedules, budget, what.str());
+  auto sampler = schedulers::make_scheduler(params.sampler,
+                                            io::ModelFolder::open(args.model).scheduler_config());
+  sampler->set_timesteps(params.steps);
+  const auto t = sampler->timesteps().to(torch::kDouble).contiguous();
+  const std::vector<double> timesteps(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+  auto levels = pruning::levels_for_timesteps(schedule, timesteps);
+  std::printf("pruning budget %g: schedule tuned for %s, %lld steps (floor %g)%s; step levels",
+              schedule.budget, schedule.sampler.c_str(), static_cast<long long>(schedule.steps),
+              schedule.floor, levels == schedule.levels ? "" : ", re-mapped onto these timesteps");
+  for (size_t i = 0; i < levels.size(); ++i) std::printf("%s%.6f", i ? "," : " ", levels[i]);
+  std::printf("\n");
+  return pruning::PruningSchedule::steps(std::move(levels));
+}
 
 void run_generate(GenerateArgs& args) {
   pipelines::PipelineOptions options;
@@ -114,6 +152,7 @@ void run_generate(GenerateArgs& args) {
   // 0 means the model's native size, as diffusers' default (unet sample_size x VAE factor).
   if (params.width == 0) params.width = pipeline->native_resolution();
   if (params.height == 0) params.height = pipeline->native_resolution();
+  if (args.pruning_budget) params.pruning = budget_schedule(*pipeline, args, params);
   pipeline->validate(params);
 
   Progress progress("denoising", params.steps);
@@ -187,14 +226,21 @@ void add_generate_command(CLI::App& app) {
       ->check(CLI::IsMember({"fp32", "fp16", "bf16", "float32", "float16", "bfloat16"}));
   generate->add_flag("--fp16-weights", gen.fp16_weights,
                      "Load *.fp16.safetensors weight variants when present");
-  generate
-      ->add_option("--pruning-level", gen.pruning_level,
-                   "Prune the U-Net at this level in [0, 1) (fraction of gated FLOPs dropped)")
-      ->check(CLI::Range(0.0, 0.999999));
+  auto* level =
+      generate
+          ->add_option("--pruning-level", gen.pruning_level,
+                       "Prune the U-Net at this level in [0, 1) (fraction of gated FLOPs dropped)")
+          ->check(CLI::Range(0.0, 0.999999));
   generate->add_option("--pruning-below-timestep", gen.pruning_below_timestep,
                        "With --pruning-level: prune only the steps whose timestep is below this");
-  generate->add_option("--pruning-steps", gen.pruning_steps,
-                       "Per-step levels, comma-separated (the last repeats)");
+  auto* steps = generate->add_option("--pruning-steps", gen.pruning_steps,
+                                     "Per-step levels, comma-separated (the last repeats)");
+  generate
+      ->add_option("--pruning-budget", gen.pruning_budget,
+                   "Mean U-Net FLOPs fraction in (0, 1]: the gates file's learned per-step "
+                   "schedule for it (ldcp tune-schedule)")
+      ->excludes(level)
+      ->excludes(steps);
   generate->add_option("--gates", gen.gates, "Gates file with learned scores (ldcp train-gates)")
       ->check(CLI::ExistingFile);
   generate

@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   ldcp::tools::add_train_gates_command(app);
   ldcp::tools::add_bench_command(app);
   ldcp::tools::add_eval_pruning_command(app);
+  ldcp::tools::add_tune_schedule_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

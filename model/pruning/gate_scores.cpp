@@ -7,6 +7,7 @@
 
 #include "model/io/safetensors.h"
 #include "model/pruning/gated_layer.h"
+#include "model/pruning/step_schedule.h"
 
 namespace ldcp::pruning {
 
@@ -81,6 +82,9 @@ GateScores load_gate_scores(const std::filesystem::path& path) {
   scores.source = source->second;
   auto normalize = metadata.find("normalize_per_layer");
   scores.normalize_per_layer = normalize != metadata.end() && normalize->second == "true";
+  // Learned step schedules (ldcp tune-schedule), if any: checked now, so that a malformed file
+  // fails at load naming the file and the key, not at the first request that asks for one.
+  step_schedules_from_metadata(metadata, path.string());
   for (auto& [name, t] : tensors) {
     if (t.dim() != 1) {
       throw std::invalid_argument("gates file " + path.string() + ": layer " + name +

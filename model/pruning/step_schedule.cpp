@@ -168,7 +168,7 @@ StepSchedule optimize_step_schedule(const StepSensitivity& sensitivity, const Fl
 
   std::vector<double> saved(n, s_lo);
   if (s_hi - s_lo > 1e-12) {
-    int grid = options.grid_points;
+    int grid = std::min(options.grid_points, 10000);  // choices are stored as uint16
     if (grid <= 0) grid = std::clamp(static_cast<int>(std::sqrt(4e7) / nd), 16, 200);
     const double unit = (s_hi - s_lo) / grid;
     const auto max_total = static_cast<int64_t>(n) * grid;
