@@ -81,7 +81,7 @@ PRESETS = {
         unet=dict(block_out_channels=(32, 64, 64), layers_per_block=1, attention_head_dim=8,
                   norm_num_groups=16),
         vae=dict(block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=16),
-        vae_steps=800, vae_batch=16, vae_lr=1e-3,
+        vae_steps=1200, vae_batch=16, vae_lr=1e-3,
         unet_steps=2500, unet_batch=32, unet_lr=5e-4,
         save_dtype="float16",
     ),
