@@ -120,7 +120,7 @@ struct GenerateOptions {
   std::string out = "out.png";
   std::string prompt, negative_prompt, sampler, request_id, pruning = "auto", per_step_levels;
   uint32_t width = 0, height = 0, steps = 0, num_images = 0, preview_every = 0;
-  std::optional<double> guidance, level, max_level;
+  std::optional<double> guidance, level, max_level, flops_budget;
   double eta = 0, guidance_rescale = 0;
   std::optional<uint64_t> seed;
   int32_t priority = 0;
@@ -152,6 +152,7 @@ int generate(const GenerateOptions& o) {
   if (o.pruning == "fixed") pr->set_mode(ldcp::v1::PRUNING_MODE_FIXED);
   if (o.level) pr->set_level(*o.level);
   if (o.max_level) pr->set_max_level(*o.max_level);
+  if (o.flops_budget) pr->set_flops_budget(*o.flops_budget);
   try {
     for (double l : parse_list(o.per_step_levels)) pr->add_per_step_levels(l);
   } catch (const std::exception&) {
@@ -266,6 +267,9 @@ int main(int argc, char** argv) {
   gen->add_option("--level", g.level, "fixed: the pruning level, in [0, 1)");
   gen->add_option("--per-step-levels", g.per_step_levels, "fixed: one level per step, a,b,c");
   gen->add_option("--max-level", g.max_level, "auto: the most pruning accepted, in [0, 1)");
+  gen->add_option("--flops-budget", g.flops_budget,
+                  "fixed: mean U-Net FLOPs fraction in (0, 1]; the server's learned per-step "
+                  "schedule for it");
   gen->add_option("--request-id", g.request_id, "Request id (echoed and logged)");
   gen->add_option("--priority", g.priority, "Higher runs first");
   gen->add_option("--preview-every", g.preview_every,

@@ -43,6 +43,15 @@ class Engine {
 
   // Measured memory of the engine's device now (allocator statistics).
   virtual runtime::MemoryStats memory() const = 0;
+
+  // FIXED pruning with a FLOPs budget: the per-step levels of the learned schedule for that
+  // mean U-Net FLOPs fraction (model/pruning/step_schedule.h), mapped onto the timesteps of
+  // `sampler` at `steps`. Throws std::invalid_argument, with a message for the client, when
+  // there is no such schedule; engines without learned schedules always do.
+  virtual std::vector<double> budget_levels(double budget, const std::string& sampler,
+                                            int64_t steps) const {
+    throw std::invalid_argument("this server has no learned step schedules");
+  }
 };
 
 }  // namespace ldcp::server

@@ -59,7 +59,8 @@ bool deadline_passed(const Job& job, Clock::time_point now, bool cancelled) {
 struct RequestScheduler::Batch {
   std::vector<std::shared_ptr<Job>> jobs;
   pruning::PruningSchedule schedule;
-  double level = 0;  // the schedule's highest level
+  double level = 0;         // the schedule's highest level
+  double memory_level = 0;  // its least pruned step's, which sets the peak (costs are per level)
   int64_t images = 0;
   int64_t reserved = 0;
   int64_t free_at_start = 0;
@@ -108,6 +109,26 @@ RequestScheduler::~RequestScheduler() {
   control_thread_.join();
 }
 
+namespace {
+
+// The level of a schedule's least pruned step: what its memory peak is costed at (a per-step
+// schedule peaks at its lowest level, not its highest).
+double peak_level(const pruning::PruningSchedule& schedule) {
+  switch (schedule.mode) {
+    case pruning::PruningSchedule::Mode::kOff:
+      return 0.0;
+    case pruning::PruningSchedule::Mode::kFixed:
+      return schedule.below_timestep ? 0.0 : schedule.level;
+    case pruning::PruningSchedule::Mode::kPerStep:
+      return schedule.per_step.empty()
+                 ? 0.0
+                 : *std::min_element(schedule.per_step.begin(), schedule.per_step.end());
+  }
+  return 0.0;
+}
+
+}  // namespace
+
 double RequestScheduler::allowed_max(const Job& job) const {
   if (job.pruning.mode != PruningRequest::Mode::kAuto) return job.pruning.schedule.max_level();
   const double cap = std::min(config_.max_level, job.pruning.max_level);
@@ -119,7 +140,10 @@ double RequestScheduler::allowed_max(const Job& job) const {
 }
 
 int64_t RequestScheduler::job_cost_floor(const Job& job) const {
-  return costs_.estimate(images_of(job), job.params.width, job.params.height, allowed_max(job));
+  const double level = job.pruning.mode == PruningRequest::Mode::kAuto
+                           ? allowed_max(job)
+                           : peak_level(job.pruning.schedule);
+  return costs_.estimate(images_of(job), job.params.width, job.params.height, level);
 }
 
 bool RequestScheduler::compatible(const Job& head, const Job& other) const {
@@ -157,7 +181,10 @@ void RequestScheduler::submit(std::shared_ptr<Job> job) {
       if (need > capacity) {
         reject = failure(Status::kResourceExhausted,
                          "the request needs about " + std::to_string(need) +
-                             " bytes even at pruning level " + level_label(allowed_max(*job)) +
+                             " bytes even at pruning level " +
+                             level_label(job->pruning.mode == PruningRequest::Mode::kAuto
+                                             ? allowed_max(*job)
+                                             : peak_level(job->pruning.schedule)) +
                              " (the most it accepts), more than the " + std::to_string(capacity) +
                              " bytes the memory budget allows");
       } else {
@@ -262,12 +289,14 @@ std::optional<RequestScheduler::Batch> RequestScheduler::plan(
       b.level = retry ? *best : hysteresis(*best, allowed, cost, free);
       b.schedule =
           b.level > 0 ? pruning::PruningSchedule::fixed(b.level) : pruning::PruningSchedule::off();
+      b.memory_level = b.level;
       b.reserved = cost(b.level);
       return b;
     }
     b.schedule = head.pruning.schedule;
     b.level = b.schedule.max_level();
-    b.reserved = costs_.estimate(b.images, w, h, b.level);
+    b.memory_level = peak_level(b.schedule);
+    b.reserved = costs_.estimate(b.images, w, h, b.memory_level);
     if (b.reserved <= free) return b;
   }
   return std::nullopt;
@@ -418,11 +447,11 @@ void RequestScheduler::execute(std::shared_ptr<Batch> batch) {
         outcomes[i].result = std::move(results[r]);
       }
       if (all_complete && !results.empty()) {
-        costs_.observe(batch->images, params[0].width, params[0].height, batch->level,
+        costs_.observe(batch->images, params[0].width, params[0].height, batch->memory_level,
                        outcomes[index[0]].result.peak_memory_above_weights_bytes);
       }
     } catch (const OutOfMemory& e) {
-      costs_.observe_oom(batch->images, params[0].width, params[0].height, batch->level,
+      costs_.observe_oom(batch->images, params[0].width, params[0].height, batch->memory_level,
                          batch->free_at_start);
       log_warn(strf("out of memory in a batch of %zu request(s) at level %.2f: %s", params.size(),
                     batch->level, e.what()));

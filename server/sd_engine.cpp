@@ -1,12 +1,16 @@
 #include "server/sd_engine.h"
 
 #include <new>
+#include <sstream>
 
 #include <c10/util/Exception.h>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
+#include "model/io/model_folder.h"
 #include "model/pruning/gate_scores.h"
 #include "model/pruning/unet_pruner.h"
+#include "model/schedulers/scheduler.h"
 #include "server/logging.h"
 
 namespace ldcp::server {
@@ -21,6 +25,33 @@ SdEngine::SdEngine(const std::filesystem::path& model_dir,
   const auto& scores = pipeline_->pruner().scores();
   log_info("pruning scores: " + scores.source +
            (options.gates_file.empty() ? std::string() : " from " + options.gates_file.string()));
+  gates_file_ = options.gates_file.string();
+  schedules_ = pruning::step_schedules_from_metadata(scores.metadata, gates_file_);
+  scheduler_config_ =
+      std::make_shared<const nlohmann::json>(io::ModelFolder::open(model_dir).scheduler_config());
+  if (!schedules_.empty()) {
+    std::ostringstream budgets;
+    for (const auto& s : schedules_) {
+      budgets << (budgets.tellp() > 0 ? ", " : "") << s.budget << " (" << s.sampler << ", "
+              << s.steps << " steps, floor " << s.floor << ")";
+    }
+    log_info("learned step schedules for FLOPs budgets " + budgets.str());
+  }
+}
+
+std::vector<double> SdEngine::budget_levels(double budget, const std::string& sampler,
+                                            int64_t steps) const {
+  if (gates_file_.empty()) {
+    throw std::invalid_argument(
+        "only allowed on a server started with --gates FILE holding learned step schedules "
+        "(ldcp tune-schedule); this one has none");
+  }
+  const auto& schedule = pruning::find_step_schedule(schedules_, budget, "the server's gates file");
+  auto scheduler = schedulers::make_scheduler(sampler, *scheduler_config_);
+  scheduler->set_timesteps(steps);
+  const auto t = scheduler->timesteps().to(torch::kDouble).contiguous();
+  const std::vector<double> timesteps(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+  return pruning::levels_for_timesteps(schedule, timesteps);
 }
 
 std::vector<pipelines::GenerationResult> SdEngine::run(

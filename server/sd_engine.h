@@ -4,8 +4,12 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
 
 #include "model/pipelines/pipeline_stable_diffusion.h"
+#include "model/pruning/step_schedule.h"
 #include "model/runtime/memory_meter.h"
 #include "server/engine.h"
 
@@ -28,11 +32,18 @@ class SdEngine final : public Engine {
       const std::vector<pipelines::GenerationParams>& requests,
       const pipelines::StableDiffusionPipeline::BatchStepCallback& callback) override;
   runtime::MemoryStats memory() const override { return meter_.stats(); }
+  std::vector<double> budget_levels(double budget, const std::string& sampler,
+                                    int64_t steps) const override;
 
  private:
   std::unique_ptr<pipelines::StableDiffusionPipeline> pipeline_;
   runtime::MemoryMeter meter_;
   std::string name_;
+  // The gates file's learned step schedules (validated when it loaded), and the model's
+  // scheduler config to compute a request's timesteps from.
+  std::vector<pruning::StepSchedule> schedules_;
+  std::string gates_file_;
+  std::shared_ptr<const nlohmann::json> scheduler_config_;
 };
 
 }  // namespace ldcp::server

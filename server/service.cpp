@@ -115,6 +115,9 @@ std::string request_to_job(const v1::GenerateRequest& r, const RequestLimits& li
   if (pr.has_max_level() && !is_level(pr.max_level())) {
     return "pruning.max_level: must be in [0, 1), got " + fmt_num(pr.max_level());
   }
+  if (pr.has_flops_budget() && pr.mode() != v1::PRUNING_MODE_FIXED) {
+    return "pruning.flops_budget: only allowed with mode FIXED";
+  }
   switch (pr.mode()) {
     case v1::PRUNING_MODE_UNSPECIFIED:
     case v1::PRUNING_MODE_AUTO:
@@ -134,7 +137,21 @@ std::string request_to_job(const v1::GenerateRequest& r, const RequestLimits& li
       break;
     case v1::PRUNING_MODE_FIXED:
       pj.mode = PruningRequest::Mode::kFixed;
-      if (pr.per_step_levels_size() > 0) {
+      if (pr.has_flops_budget()) {
+        const double budget = pr.flops_budget();
+        if (pr.level() != 0.0 || pr.per_step_levels_size() > 0) {
+          return "pruning.flops_budget: not allowed with pruning.level or pruning.per_step_levels";
+        }
+        if (!(std::isfinite(budget) && budget > 0.0 && budget <= 1.0)) {
+          return "pruning.flops_budget: must be a FLOPs fraction in (0, 1], got " + fmt_num(budget);
+        }
+        try {
+          pj.schedule =
+              pruning::PruningSchedule::steps(engine.budget_levels(budget, p.sampler, steps));
+        } catch (const std::invalid_argument& e) {
+          return std::string("pruning.flops_budget: ") + e.what();
+        }
+      } else if (pr.per_step_levels_size() > 0) {
         if (pr.per_step_levels_size() > steps) {
           return "pruning.per_step_levels: at most one level per step (" + std::to_string(steps) +
                  "), got " + std::to_string(pr.per_step_levels_size());

@@ -16,6 +16,7 @@ import threading
 import time
 import unittest
 import json
+import re
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -215,6 +216,14 @@ BAD_FIELDS = [
     ("pruning.max_level", dict(pruning=pb.Pruning(mode=pb.PRUNING_MODE_AUTO, max_level=-0.1))),
     ("pruning.level", dict(pruning=pb.Pruning(mode=pb.PRUNING_MODE_AUTO, level=0.3))),
     ("pruning.mode", dict(pruning=pb.Pruning(mode=17))),
+    # This server has no gates file, so no learned step schedules (T12 serves them).
+    ("pruning.flops_budget", dict(pruning=pb.Pruning(mode=pb.PRUNING_MODE_FIXED, flops_budget=0.7))),
+    ("pruning.flops_budget", dict(pruning=pb.Pruning(mode=pb.PRUNING_MODE_FIXED, flops_budget=1.5))),
+    ("pruning.flops_budget",
+     dict(pruning=pb.Pruning(mode=pb.PRUNING_MODE_FIXED, flops_budget=float("nan")))),
+    ("pruning.flops_budget", dict(pruning=pb.Pruning(mode=pb.PRUNING_MODE_AUTO, flops_budget=0.7))),
+    ("pruning.flops_budget",
+     dict(pruning=pb.Pruning(mode=pb.PRUNING_MODE_FIXED, level=0.3, flops_budget=0.7))),
     ("output_format", dict(output_format=9)),
     ("prompt", dict(prompt="x" * 5000)),
     ("negative_prompt", dict(negative_prompt="x" * 5000)),
@@ -547,6 +556,96 @@ class T11Gates(unittest.TestCase):
                     server.stop()
                 self.assertNotEqual(rc, 0)
                 self.assertIn(needle, server.log())
+
+
+class T12StepSchedules(unittest.TestCase):
+    """pruning.flops_budget (mode FIXED): the per-step schedule learned by `ldcp tune-schedule`
+    for that mean FLOPs fraction, from the server's gates file; as stored for the sampler and step
+    count it was tuned for, re-mapped (same mean FLOPs) for others; INVALID_ARGUMENT naming the
+    field for a budget the file has no schedule for."""
+
+    FLAGS = T11Gates.FLAGS
+
+    @classmethod
+    def setUpClass(cls):
+        cls.model = lib.demo_model(WORK)
+        prompts = WORK / "tune-prompts.txt"
+        prompts.write_text("a lighthouse at dawn\n")
+        cls.gates = WORK / "tuned.safetensors"
+        tune = [lib.tool("ldcp"), "tune-schedule", "--model", cls.model, "--prompts", prompts,
+                "--steps", 3, "--sampler", "euler", "--width", 64, "--height", 64, "--levels",
+                "0.3,0.6", "--floor", 0.1, "--seeds", 1, "--out", cls.gates]
+        # A budget outside the feasible range fails at once and names the range to choose from.
+        r = subprocess.run([*map(str, tune), "--budgets", "0.01"], capture_output=True, text=True,
+                           timeout=300)
+        m = re.search(r"feasible range is \[([0-9.]+), ([0-9.]+)\]", r.stderr)
+        assert r.returncode != 0 and m, r.stderr[-2000:]
+        lowest, highest = float(m.group(1)), float(m.group(2))
+        cls.budget = round((lowest + highest) / 2, 3)
+        r = subprocess.run([*map(str, tune), "--budgets", str(cls.budget)], capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        from safetensors import safe_open
+        with safe_open(str(cls.gates), "np") as f:
+            cls.schedule = json.loads(f.metadata()["step_schedules"])[0]
+        cls.server = lib.Server(cls.model, WORK, *cls.FLAGS, "--gates", cls.gates,
+                                name="step-schedules").wait_ready()
+        cls.channel = grpc.insecure_channel(cls.server.target)
+        cls.stub = pb_grpc.ImageGenerationStub(cls.channel)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.channel.close()
+        assert cls.server.stop() == 0, cls.server.log()[-3000:]
+
+    def budget_request(self, steps, budget=None, **kw):
+        pruning = pb.Pruning(mode=pb.PRUNING_MODE_FIXED,
+                             flops_budget=self.budget if budget is None else budget)
+        return request(width=64, height=64, steps=steps, sampler="euler", seed=3, pruning=pruning,
+                       **kw)
+
+    def test_serves_the_learned_levels(self):
+        self.assertIn(f"learned step schedules for FLOPs budgets {self.budget:g}", self.server.log())
+        resp = self.stub.Generate(self.budget_request(3), timeout=120)
+        self.assertEqual(len(resp.step_levels), 3)
+        for got, stored in zip(resp.step_levels, self.schedule["levels"]):
+            self.assertAlmostEqual(got, stored, places=9)
+        self.assertAlmostEqual(1 - resp.pruning_ratio, self.budget, delta=0.02)
+
+    def test_other_step_counts_keep_the_budget(self):
+        resp = self.stub.Generate(self.budget_request(6), timeout=120)
+        self.assertEqual(len(resp.step_levels), 6)
+        self.assertGreaterEqual(min(resp.step_levels), 0.1 - 1e-9)
+        self.assertAlmostEqual(1 - resp.pruning_ratio, self.budget, delta=0.02)
+        events = list(self.stub.GenerateStream(self.budget_request(6), timeout=120))
+        self.assertEqual(list(events[-1].result.step_levels), list(resp.step_levels))
+
+    def test_budgets_without_a_schedule_are_invalid_argument(self):
+        for budget in (0.99, 0.0, 2.0):
+            with self.subTest(budget=budget):
+                with self.assertRaises(grpc.RpcError) as ctx:
+                    self.stub.Generate(self.budget_request(3, budget=budget), timeout=30)
+                self.assertEqual(ctx.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+                self.assertTrue(ctx.exception.details().startswith("pruning.flops_budget"),
+                                ctx.exception.details())
+        self.assertIn(f"stored: {self.budget:g}", self.stub_error(0.99))
+
+    def stub_error(self, budget):
+        try:
+            self.stub.Generate(self.budget_request(3, budget=budget), timeout=30)
+        except grpc.RpcError as e:
+            return e.details()
+        return ""
+
+    def test_client_flag(self):
+        out = WORK / "client-budget.png"
+        r = subprocess.run([lib.tool("ldcp-client"), "generate", "--target", self.server.target,
+                            "--prompt", "a fox", "--width", "64", "--height", "64", "--steps", "3",
+                            "--sampler", "euler", "--pruning", "fixed", "--flops-budget",
+                            str(self.budget), "--out", str(out), "--quiet"],
+                           capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(out.exists())
 
 
 if __name__ == "__main__":

@@ -185,6 +185,22 @@ TEST(Scheduler, AdmissionRejectsWhatCanNeverFit) {
   EXPECT_EQ(f.engine.runs().size(), 1u + 8u);  // calibration made 8 runs
 }
 
+TEST(Scheduler, PerStepScheduleIsCostedAtItsLeastPrunedStep) {
+  Fixture f;
+  // The least pruned step sets the peak: levels {0, 0.75} cost as level 0 (3 images: 12000 >
+  // 9000, never fits), {0.25, 0.75} as level 0.25 (9000 bytes, fits).
+  PruningRequest steps;
+  steps.mode = PruningRequest::Mode::kFixed;
+  steps.schedule = pruning::PruningSchedule::steps({0.0, 0.75});
+  auto r = submit(*f.scheduler, 64, 0, steps, 3, 3);
+  EXPECT_EQ(wait(r).status, Status::kResourceExhausted);
+  steps.schedule = pruning::PruningSchedule::steps({0.25, 0.75});
+  auto r2 = submit(*f.scheduler, 64, 0, steps, 3, 3);
+  auto o2 = wait(r2);
+  ASSERT_EQ(o2.status, Status::kOk) << o2.message;
+  EXPECT_DOUBLE_EQ(o2.level, 0.75);  // reported: the highest level that ran
+}
+
 TEST(Scheduler, FullQueueIsUnavailable) {
   auto config = Fixture::base_config();
   config.max_queue = 2;
