@@ -67,9 +67,9 @@ PRESETS = {
                   num_attention_heads=4),
         unet=dict(block_out_channels=(64, 128, 128), layers_per_block=1, attention_head_dim=8,
                   norm_num_groups=32),
-        vae=dict(block_out_channels=(32, 64, 128), layers_per_block=1, norm_num_groups=16),
-        vae_steps=2000, vae_batch=16, vae_lr=5e-4,
-        unet_steps=3000, unet_batch=32, unet_lr=3e-4,
+        vae=dict(block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16),
+        vae_steps=1000, vae_batch=16, vae_lr=5e-4,
+        unet_steps=2000, unet_batch=32, unet_lr=3e-4,
         save_dtype="float32",
     ),
     "shapes": dict(
