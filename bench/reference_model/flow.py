@@ -37,10 +37,12 @@ REPO = Path(__file__).resolve().parents[2]
 LEVELS = (0.25, 0.5, 0.75)
 SOURCES = ("learned", "magnitude", "random")
 
-FULL = dict(sample_seeds=16, sample_steps=30, gate_steps=300, gate_batch=8, eval_seeds=16,
-            eval_steps=20, tune_seeds=4, tune_eval_seeds=8, budgets="0.6,0.7,0.8", floor=0.25)
-QUICK = dict(sample_seeds=2, sample_steps=3, gate_steps=4, gate_batch=2, eval_seeds=2,
-             eval_steps=3, tune_seeds=1, tune_eval_seeds=1, budgets="0.7", floor=0.25)
+FULL = dict(gate_images=None, sample_seeds=16, sample_steps=30, gate_steps=300, gate_batch=8,
+            eval_seeds=16, eval_steps=20, tune_seeds=4, tune_eval_seeds=8,
+            budgets="0.6,0.7,0.8", floor=0.25)
+QUICK = dict(gate_images=48, sample_seeds=2, sample_steps=3, gate_steps=4, gate_batch=2,
+             eval_seeds=2, eval_steps=3, tune_seeds=1, tune_eval_seeds=1, budgets="0.7",
+             floor=0.25)
 
 
 def run(cmd: list[str], log: Path) -> None:
@@ -144,7 +146,9 @@ def main() -> None:
     gates = out / "gates.safetensors"
     if "gates" not in skip:
         t0 = time.time()
-        data = datasets.face_files_for_gates(datasets.cache_dir() / "faces-train-png")
+        limit = cfg["gate_images"]
+        data = datasets.face_files_for_gates(
+            datasets.cache_dir() / f"faces-train-png{'-' + str(limit) if limit else ''}", limit)
         run([args.ldcp, "train-gates", "--model", model, "--data", data, "--resolution", 64,
              "--prompt", prompt, "--steps", cfg["gate_steps"], "--batch", cfg["gate_batch"],
              "--levels", ",".join(map(str, LEVELS)), "--out", gates,
