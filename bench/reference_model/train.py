@@ -16,8 +16,9 @@ to continue; --fresh starts over):
      (scaled_linear betas 0.00085-0.012, 1000 steps), so PNDM and the other samplers apply
      unchanged; 10 % caption dropout (the empty prompt) so that classifier-free guidance works;
      an EMA of the weights is what is saved.
-The text encoder is a small CLIPTextModel, frozen at its seeded random initialisation: its
-output is a fixed function of the tokens and the U-Net's cross-attention learns to read it.
+The text encoder is a small CLIPTextModel from a seeded random initialisation: frozen there for
+the faces (one caption: its output is a fixed function of the tokens), trained with the U-Net for
+the shapes (a frozen one mixed up which colour was the shape's and which the background's).
 
 Deterministic for a seed: every step draws its batch and noise from a generator seeded by
 (seed, stage, step), so a resumed run equals an uninterrupted one. Writes, under --out:
@@ -28,6 +29,7 @@ model_index.json and the component folders, train_log.csv (the loss per step), r
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import hashlib
 import json
@@ -75,6 +77,7 @@ PRESETS = {
     "shapes": dict(
         resolution=64,
         cut_vocabulary=True,
+        train_text_encoder=True,  # a frozen random encoder did not bind colours to shape/background
         train_count=4096, held_out_count=128,
         text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4),
@@ -98,7 +101,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a few steps on a few images (tests)")
     p.add_argument("--vae-steps", type=int, help="override the preset's VAE steps")
     p.add_argument("--unet-steps", type=int, help="override the preset's U-Net steps")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="intra-op threads (0: torch's default: all cores, or OMP_NUM_THREADS)")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--work-dir", type=Path,
                    help="checkpoints and caches (default: the cache, by a hash of the settings)")
@@ -283,7 +287,8 @@ def plot_losses(log_path: Path, out: Path) -> None:
 def main() -> None:
     args = parse_args()
     s = settings_of(args)
-    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
+    if args.threads:  # else torch's default (all cores, or OMP_NUM_THREADS)
+        torch.set_num_threads(args.threads)
     from diffusers import (AutoencoderKL, DDPMScheduler, PNDMScheduler, StableDiffusionPipeline,
                            UNet2DConditionModel)
 
@@ -346,19 +351,24 @@ def main() -> None:
     print(f"vae: held-out reconstruction PSNR {vae_psnr:.2f} dB, latent scaling factor "
           f"{scaling_factor:.5f}", file=sys.stderr)
 
-    # 2. The U-Net, on frozen text embeddings.
+    # 2. The U-Net, on frozen text embeddings, or with the text encoder trained beside it.
     tokenizer, text_encoder = make_text_encoder(s, staging / "tokenizer")
     captions = sorted(set(train.captions))
     caption_index = {c: i for i, c in enumerate(captions)}
-    embeddings = encode_texts(tokenizer, text_encoder, captions + [""])
+    train_text = s.get("train_text_encoder", False)
+    caption_ids = tokenizer(captions + [""], padding="max_length", max_length=77,
+                            truncation=True, return_tensors="pt").input_ids
+    embeddings = None if train_text else encode_texts(tokenizer, text_encoder, captions + [""])
     empty = len(captions)
     train_caption_ids = torch.tensor([caption_index[c] for c in train.captions])
     torch.manual_seed(s["seed"] + 1)
     unet = UNet2DConditionModel(sample_size=res // 2 ** (n_blocks - 1), in_channels=4,
                                 out_channels=4, cross_attention_dim=s["text"]["hidden_size"],
                                 norm_eps=1e-5, **UNET_BLOCKS, **s["unet"])
-    ema = UNet2DConditionModel.from_config(unet.config)
-    ema.load_state_dict(unet.state_dict())
+    text_encoder.requires_grad_(train_text)
+    trained = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder} if train_text
+                                  else {"unet": unet})
+    ema = copy.deepcopy(trained)
     ema.requires_grad_(False)
     noise_schedule = DDPMScheduler(**{k: v for k, v in SD15_SCHEDULER.items()
                                       if k in ("beta_start", "beta_end", "beta_schedule",
@@ -375,16 +385,19 @@ def main() -> None:
         cond = train_caption_ids[idx % n_images]
         cond = torch.where(torch.rand(b, generator=g) < 0.1, torch.full_like(cond, empty), cond)
         noisy = noise_schedule.add_noise(z, noise, t)
-        pred = unet(noisy, t, embeddings[cond]).sample
+        context = text_encoder(caption_ids[cond])[0] if train_text else embeddings[cond]
+        pred = unet(noisy, t, context).sample
         return F.mse_loss(pred, noise)
 
-    train_loop("unet", 2, unet, s["unet_steps"], s["unet_lr"], unet_loss, work, log, s,
+    train_loop("unet", 2, trained, s["unet_steps"], s["unet_lr"], unet_loss, work, log, s,
                args.checkpoint_every, args.fresh, ema=ema)
 
     # 3. The diffusers folder.
     dtype = getattr(torch, s["save_dtype"])
+    if train_text:
+        text_encoder = ema["text_encoder"]
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                   unet=ema, scheduler=PNDMScheduler.from_config(SD15_SCHEDULER),
+                                   unet=ema["unet"], scheduler=PNDMScheduler.from_config(SD15_SCHEDULER),
                                    safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.to(dtype).save_pretrained(staging, safe_serialization=True)
@@ -393,7 +406,7 @@ def main() -> None:
                   data_fingerprint=datasets.fingerprint(train.images),
                   vae_held_out_psnr_db=vae_psnr, latent_scaling_factor=scaling_factor,
                   parameters={name: sum(p.numel() for p in m.parameters())
-                              for name, m in (("unet", ema), ("vae", vae),
+                              for name, m in (("unet", ema["unet"]), ("vae", vae),
                                               ("text_encoder", text_encoder))},
                   threads=torch.get_num_threads(), torch=torch.__version__,
                   seconds_this_run=time.time() - t_start,

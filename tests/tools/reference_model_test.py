@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 TRAIN = REPO / "bench" / "reference_model" / "train.py"
 FLOW = REPO / "bench" / "reference_model" / "flow.py"
 DEMO = REPO / "data" / "demo-model"
-WEIGHT_FILES = ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
-                "text_encoder/model.safetensors")
+WEIGHT_FILES = ("unet/diffusion_pytorch_model.safetensors",
+                "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors")
 
 failures: list[str] = []
 
@@ -38,9 +40,16 @@ def check(cond: bool, what: str) -> None:
         failures.append(what)
 
 
+# One intra-op thread in every process: CTest runs two tests at once on two cores, and libtorch's
+# OpenMP threads spin-wait at each barrier when oversubscribed (an 8x slowdown measured here).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def run(cmd: list) -> subprocess.CompletedProcess:
     print("+ " + " ".join(map(str, cmd)), flush=True)
-    result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    t0 = time.time()
+    result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=ENV)
+    print(f"  ({time.time() - t0:.0f} s)", flush=True)
     if result.returncode != 0:
         print(result.stdout[-4000:], result.stderr[-4000:], sep="\n")
         raise SystemExit(f"command failed with {result.returncode}: {cmd[:3]}")
@@ -59,6 +68,8 @@ def tensors(folder: Path) -> dict[str, np.ndarray]:
 def check_diffusers_loads(folder: Path, prompt: str) -> None:
     import torch
     from diffusers import StableDiffusionPipeline
+
+    torch.set_num_threads(1)  # as ENV's processes
 
     pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32,
                                                    safety_checker=None)
