@@ -14,7 +14,9 @@ arrival rate, per mode).
 Environment: LDCP_SERVER / LDCP_TOOL (tests/server/ldcp_testlib.py) name the binaries.
 
 Status (2026-12-01): written but not yet run; no test drives it and the README quotes no figure
-from it (issue 11, item 3, is open)."""
+from it (issue 11, item 3, is open). It reads ldcp_budget_overruns_total, which came with the
+scheduler change 4832adf + f28d3b9, reverted in 4478e37 / b5b58fa (AUTO pruned an idle server's
+first requests under a loaded machine); re-apply that change, fixed, before running it."""
 
 import argparse
 import json
