@@ -23,9 +23,9 @@ if ! has --model; then
   has --steps || args+=(--steps 20)
   has --sampler || args+=(--sampler dpmpp_2m)
   has --prompt || args+=(--prompt "a red circle on a blue background")
-  # 64x64 images: decoding in 32-pixel tiles keeps the decoder's peak below the U-Net's, so the
+  # 64x64 images: decoding in 48-pixel tiles keeps the decoder's peak below the U-Net's, so the
   # pruning level (AUTO) is what lowers a request's peak memory.
-  server_extra+=(--vae-tile-size 32)
+  server_extra+=(--vae-tile-size 48)
   echo "demo: the demo model knows prompts of the form \"a COLOUR SHAPE on a COLOUR background\""
   echo "demo:   COLOUR: $(tr '\n' ' ' <"$DEMO_MODEL/colours.txt")"
   echo "demo:   SHAPE:  $(tr '\n' ' ' <"$DEMO_MODEL/shapes.txt")"
