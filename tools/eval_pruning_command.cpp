@@ -56,23 +56,6 @@ struct Cell {
   double dropped_gated_macs = 0, pruned_flops_fraction = 0;
 };
 
-std::vector<std::string> read_prompts(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw std::invalid_argument("--prompts: cannot read " + path.string());
-  std::vector<std::string> prompts;
-  std::string line;
-  while (std::getline(in, line)) {
-    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
-    if (line.empty() || line.front() == '#') continue;
-    prompts.push_back(line);
-  }
-  if (prompts.empty()) {
-    throw std::invalid_argument("--prompts: " + path.string() +
-                                " has no prompts (one per line; # starts a comment)");
-  }
-  return prompts;
-}
-
 // PSNR of the samples pooled: from their mean squared error (infinite only when every image
 // equals its reference).
 double pooled_psnr(const std::vector<double>& mse) {
@@ -119,7 +102,7 @@ void run_eval(const EvalArgs& args) {
   std::sort(levels.begin(), levels.end());
   levels.erase(std::unique(levels.begin(), levels.end()), levels.end());
   if (levels.front() != 0.0) levels.insert(levels.begin(), 0.0);  // the reference
-  const auto prompts = read_prompts(args.prompts);
+  const auto prompts = read_prompt_file(args.prompts);
   std::vector<std::string> sources;
   if (args.sources.empty()) {
     if (!args.gates.empty()) sources.push_back("learned");

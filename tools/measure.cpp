@@ -5,9 +5,11 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <limits>
 #include <sstream>
+#include <stdexcept>
 
 #include <torch/cuda.h>
 #include <torch/torch.h>
@@ -156,6 +158,23 @@ bool run_gnuplot(const std::filesystem::path& script) {
     return false;
   }
   return true;
+}
+
+std::vector<std::string> read_prompt_file(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) throw std::invalid_argument("--prompts: cannot read " + path.string());
+  std::vector<std::string> prompts;
+  std::string line;
+  while (std::getline(in, line)) {
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+    if (line.empty() || line.front() == '#') continue;
+    prompts.push_back(line);
+  }
+  if (prompts.empty()) {
+    throw std::invalid_argument("--prompts: " + path.string() +
+                                " has no prompts (one per line; # starts a comment)");
+  }
+  return prompts;
 }
 
 }  // namespace ldcp::tools

@@ -72,4 +72,8 @@ std::string markdown_table(const std::vector<std::string>& header,
 // measurements are written all the same.
 bool run_gnuplot(const std::filesystem::path& script);
 
+// --prompts files of eval-pruning and tune-schedule: one prompt per line, trailing spaces and CRs
+// dropped, blank lines and lines starting with # skipped; errors name --prompts and the file.
+std::vector<std::string> read_prompt_file(const std::filesystem::path& path);
+
 }  // namespace ldcp::tools

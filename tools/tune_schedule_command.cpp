@@ -43,23 +43,6 @@ struct TuneArgs {
   uint64_t random_scores_seed = 0;
 };
 
-std::vector<std::string> read_prompt_file(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw std::invalid_argument("--prompts: cannot read " + path.string());
-  std::vector<std::string> prompts;
-  std::string line;
-  while (std::getline(in, line)) {
-    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
-    if (line.empty() || line.front() == '#') continue;
-    prompts.push_back(line);
-  }
-  if (prompts.empty()) {
-    throw std::invalid_argument("--prompts: " + path.string() +
-                                " has no prompts (one per line; # starts a comment)");
-  }
-  return prompts;
-}
-
 std::vector<double> parse_budgets(const std::string& text) {
   std::vector<double> budgets;
   std::stringstream in(text);
