@@ -17,18 +17,10 @@ import numpy as np
 import torch
 from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
 from PIL import Image
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
+from cli_checks import FAILURES, check, passed  # noqa: E402
 
-FAILURES = []
-PASSED = 0
 
-
-def check(condition, message):
-    global PASSED
-    if condition:
-        PASSED += 1
-    else:
-        FAILURES.append(message)
-        print("FAIL:", message)
 
 
 def ldcp(binary, *args):
@@ -116,7 +108,7 @@ def main():
                      "p", "--out", tmp / "x.png", mentions="model_index.json")
         expect_error(binary, "unknown demo config", "init-demo-model", tmp / "d2", "--config", "xl")
         expect_error(binary, "no subcommand")
-    print(f"{PASSED} passed, {len(FAILURES)} failed")
+    print(f"{passed()} passed, {len(FAILURES)} failed")
     sys.exit(1 if FAILURES else 0)
 
 

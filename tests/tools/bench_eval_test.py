@@ -19,29 +19,11 @@ import tempfile
 from pathlib import Path
 
 from PIL import Image
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
+from cli_checks import FAILURES, check, error_lines, passed, run  # noqa: E402
 
-FAILURES = []
-PASSED = 0
 SIZE, STEPS = 64, 3
 
-
-def check(condition, message):
-    global PASSED
-    if condition:
-        PASSED += 1
-    else:
-        FAILURES.append(message)
-        print("FAIL:", message)
-
-
-def run(argv, timeout=600):
-    return subprocess.run([*map(str, argv)], capture_output=True, text=True, timeout=timeout)
-
-
-def error_lines(stderr):
-    """The error lines: CLI11's "Run with --help" hint and the "loading MODEL" progress aside."""
-    return [l for l in stderr.strip().splitlines()
-            if l.strip() and not l.startswith("Run with --help") and not l.startswith("loading ")]
 
 
 def expect_error(argv, tag, mentions):
@@ -232,7 +214,7 @@ def main():
         else:
             test_bench(args.ldcp, model, Path(tmp))
             test_eval(args.ldcp, model, Path(tmp))
-    print(f"{PASSED} checks passed, {len(FAILURES)} failed")
+    print(f"{passed()} checks passed, {len(FAILURES)} failed")
     return 1 if FAILURES else 0
 
 

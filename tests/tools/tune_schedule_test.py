@@ -22,36 +22,18 @@ import tempfile
 from pathlib import Path
 
 from PIL import Image
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
+from cli_checks import FAILURES, check, error_lines, passed, run  # noqa: E402
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-FAILURES = []
-PASSED = 0
 SIZE, STEPS, FLOOR = 64, 3, 0.1
 
-
-def check(condition, message):
-    global PASSED
-    if condition:
-        PASSED += 1
-    else:
-        FAILURES.append(message)
-        print("FAIL:", message)
-
-
-def run(argv, timeout=600):
-    return subprocess.run([*map(str, argv)], capture_output=True, text=True, timeout=timeout)
-
-
-def error_lines(stderr):
-    return [l for l in stderr.strip().splitlines()
-            if l.strip() and not l.startswith("Run with --help") and not l.startswith("loading ")
-            and not l.startswith("U-Net FLOPs fraction per level")]
 
 
 def expect_error(argv, tag, *mentions):
     result = run(argv)
-    lines = error_lines(result.stderr)
+    lines = error_lines(result.stderr, ("U-Net FLOPs fraction per level",))
     check(result.returncode != 0, f"{tag}: expected a non-zero exit, got 0")
     check(len(lines) == 1, f"{tag}: expected one error line, got {lines}")
     check("terminate called" not in result.stderr, f"{tag}: crashed: {result.stderr}")
@@ -220,7 +202,7 @@ def main():
         check(len(again) == 1 and again[0]["steps"] == 2, f"rewritten schedules: {again}")
         check(len(load_file(str(gates))) == len(load_file(str(bad))), "scores lost on rewrite")
 
-    print(f"{PASSED} checks passed, {len(FAILURES)} failed")
+    print(f"{passed()} checks passed, {len(FAILURES)} failed")
     sys.exit(1 if FAILURES else 0)
 
 
