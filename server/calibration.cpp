@@ -7,7 +7,14 @@
 
 namespace ldcp::server {
 
-std::vector<double> calibrate(Engine& engine, CostModel& costs, const CalibrationPlan& plan) {
+std::vector<int64_t> calibration_batch_sizes(int64_t max_batch) {
+  std::vector<int64_t> sizes;
+  for (int64_t n = 1; n <= std::max<int64_t>(1, max_batch); ++n) sizes.push_back(n);
+  return sizes;
+}
+
+std::vector<double> calibrate(Engine& engine, CostModel& costs, const CalibrationPlan& plan,
+                              std::vector<CalibrationRun>* runs) {
   std::vector<double> ran;
   auto levels = plan.levels;
   if (std::find(levels.begin(), levels.end(), 0.0) == levels.end())
@@ -29,6 +36,7 @@ std::vector<double> calibrate(Engine& engine, CostModel& costs, const Calibratio
             level > 0 ? pruning::PruningSchedule::fixed(level) : pruning::PruningSchedule::off();
         std::vector<pipelines::GenerationParams> batch(static_cast<size_t>(n), p);
         std::vector<pipelines::GenerationResult> results;
+        const auto start = std::chrono::steady_clock::now();
         try {
           results = engine.run(batch, {});
         } catch (const std::invalid_argument& e) {
@@ -39,12 +47,15 @@ std::vector<double> calibrate(Engine& engine, CostModel& costs, const Calibratio
         }
         if (results.empty()) throw std::runtime_error("calibration: the engine returned nothing");
         const int64_t bytes = results[0].peak_memory_above_weights_bytes;
-        costs.add_measurement(n, w, h, level, bytes);
+        const double seconds =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        costs.add_measurement(n, w, h, level, bytes, p.guidance_scale > 1.0);
+        if (runs) runs->push_back({level, n, plan.steps, seconds});
         log_info(
             strf("calibration: %lld image(s) %lldx%lld level %.2f: peak %lld bytes above "
                  "weights, %.2f s",
                  static_cast<long long>(n), static_cast<long long>(w), static_cast<long long>(h),
-                 level, static_cast<long long>(bytes), results[0].timings.total_s));
+                 level, static_cast<long long>(bytes), seconds));
       }
       if (!ok) break;
     }

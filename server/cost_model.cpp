@@ -39,7 +39,11 @@ double fit(const std::map<int64_t, double>& pts, int64_t images) {
 }  // namespace
 
 void CostModel::add_measurement(int64_t images, int64_t width, int64_t height, double level,
-                                int64_t bytes) {
+                                int64_t bytes, bool guided) {
+  if (!guided) {
+    observe(images, width, height, level, bytes, false);
+    return;
+  }
   std::lock_guard lock(mu_);
   points_[{width * height, milli(level)}][images] =
       static_cast<double>(std::max<int64_t>(0, bytes));
@@ -55,8 +59,8 @@ int64_t CostModel::nearest_size_unlocked(int64_t pixels) const {
   return best;
 }
 
-void CostModel::observe(int64_t images, int64_t width, int64_t height, double level,
-                        int64_t bytes) {
+void CostModel::observe(int64_t images, int64_t width, int64_t height, double level, int64_t bytes,
+                        bool guided) {
   std::lock_guard lock(mu_);
   // Observations refine the measured sizes only (scaled by pixels), so that one request at an
   // unusual size cannot create a sparse size of its own that overrides the calibration.
@@ -64,6 +68,22 @@ void CostModel::observe(int64_t images, int64_t width, int64_t height, double le
   const int64_t size = points_.empty() ? pixels : nearest_size_unlocked(pixels);
   const double b = static_cast<double>(std::max<int64_t>(0, bytes)) * static_cast<double>(size) /
                    static_cast<double>(pixels);
+  if (!guided && !points_.empty()) {
+    // Start from the guided estimate (what an unguided batch was costed at), so that the first
+    // observation moves the cost the same way as for a guided one: up at once, down a quarter.
+    const auto key = std::make_tuple(size, milli(level), images);
+    auto it = unguided_.find(key);
+    if (it == unguided_.end()) {
+      const double current = static_cast<double>(estimate_at(size, milli(level), images));
+      it = unguided_.emplace(key, current).first;
+    }
+    if (b > it->second) {
+      it->second = b;
+    } else {
+      it->second += 0.25 * (b - it->second);
+    }
+    return;
+  }
   auto& slot = points_[{size, milli(level)}];
   auto it = slot.find(images);
   if (it == slot.end() || b > it->second) {
@@ -74,15 +94,15 @@ void CostModel::observe(int64_t images, int64_t width, int64_t height, double le
 }
 
 void CostModel::observe_oom(int64_t images, int64_t width, int64_t height, double level,
-                            int64_t available_bytes) {
+                            int64_t available_bytes, bool guided) {
   const double at_least = 1.25 * static_cast<double>(std::max<int64_t>(1, available_bytes));
   int64_t current = 0;
   {
     std::lock_guard lock(mu_);
-    if (!points_.empty()) current = estimate_unlocked(images, width, height, level);
+    if (!points_.empty()) current = estimate_unlocked(images, width, height, level, guided);
   }
   observe(images, width, height, level,
-          static_cast<int64_t>(std::max(at_least, static_cast<double>(current))));
+          static_cast<int64_t>(std::max(at_least, static_cast<double>(current))), guided);
 }
 
 bool CostModel::empty() const {
@@ -112,19 +132,24 @@ int64_t CostModel::estimate_at(int64_t pixels, int64_t level_milli, int64_t imag
   return std::llround(by_level.back().second);
 }
 
-int64_t CostModel::estimate_unlocked(int64_t images, int64_t width, int64_t height,
-                                     double level) const {
+int64_t CostModel::estimate_unlocked(int64_t images, int64_t width, int64_t height, double level,
+                                     bool guided) const {
   if (points_.empty()) throw std::logic_error("the memory cost model has no measurements");
   const int64_t pixels = width * height;
   const int64_t best = nearest_size_unlocked(pixels);
   double bytes = static_cast<double>(estimate_at(best, milli(level), images));
+  if (!guided) {
+    auto it = unguided_.find({best, milli(level), images});
+    if (it != unguided_.end()) bytes = it->second;
+  }
   bytes *= static_cast<double>(pixels) / static_cast<double>(best);
   return std::llround(bytes * (1.0 + margin_));
 }
 
-int64_t CostModel::estimate(int64_t images, int64_t width, int64_t height, double level) const {
+int64_t CostModel::estimate(int64_t images, int64_t width, int64_t height, double level,
+                            bool guided) const {
   std::lock_guard lock(mu_);
-  return estimate_unlocked(images, width, height, level);
+  return estimate_unlocked(images, width, height, level, guided);
 }
 
 std::vector<std::string> CostModel::describe() const {

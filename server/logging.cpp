@@ -81,6 +81,7 @@ void log_request(const RequestLogLine& l) {
                         {"total_seconds", l.total_s},
                         {"peak_memory_bytes", l.peak_memory_bytes},
                         {"oom_retry", l.retried_after_oom}};
+    if (!l.level_reason.empty()) j["level_reason"] = l.level_reason;
     if (!l.message.empty()) j["message"] = l.message;
     g_requests->log(severity, "{}", j.dump());
     return;
@@ -88,10 +89,12 @@ void log_request(const RequestLogLine& l) {
   g_requests->log(severity,
                   "id={} method={} status={} size={}x{} steps={} images={} batch={} level={:.2f} "
                   "pruning_ratio={:.3f} queue_s={:.3f} encode_s={:.3f} denoise_s={:.3f} "
-                  "decode_s={:.3f} total_s={:.3f} peak_memory_bytes={}{}{}",
+                  "decode_s={:.3f} total_s={:.3f} peak_memory_bytes={}{}{}{}",
                   l.id, l.method, l.status, l.width, l.height, l.steps, l.images, l.batch, l.level,
                   l.pruning_ratio, l.queue_s, l.text_encoding_s, l.denoising_s, l.decoding_s,
-                  l.total_s, l.peak_memory_bytes, l.retried_after_oom ? " oom_retry=1" : "",
+                  l.total_s, l.peak_memory_bytes,
+                  l.level_reason.empty() ? "" : " level_reason=" + l.level_reason,
+                  l.retried_after_oom ? " oom_retry=1" : "",
                   l.message.empty() ? "" : " message=" + nlohmann::json(l.message).dump());
 }
 

@@ -19,6 +19,7 @@ struct RequestLogLine {
   double queue_s = 0, text_encoding_s = 0, denoising_s = 0, decoding_s = 0, total_s = 0;
   int64_t peak_memory_bytes = 0;
   bool retried_after_oom = false;
+  std::string level_reason;  // AUTO: memory, throughput, request_cap or none; else empty
 };
 
 void log_request(const RequestLogLine& line);

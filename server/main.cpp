@@ -4,6 +4,7 @@
 // SIGTERM/SIGINT: health turns NOT_SERVING, new requests get UNAVAILABLE, running and queued ones
 // get --grace-period seconds to finish, then the process exits 0.
 
+#include <algorithm>
 #include <csignal>
 #include <cstdlib>
 #include <iostream>
@@ -69,11 +70,14 @@ int serve(const ServerConfig& c) {
     plan.sizes = {{s, s}};
   }
   plan.levels = parse_levels(c.calibrate_levels, "--calibrate-levels");
-  plan.batch_sizes = c.max_batch > 1 ? std::vector<int64_t>{1, 2} : std::vector<int64_t>{1};
+  // Every batch size up to --max-batch is measured, not extrapolated: the peak is not linear in
+  // the batch (allocator rounding, attention buffers), and an underestimate is an OOM on a GPU.
+  plan.batch_sizes = calibration_batch_sizes(c.max_batch);
   plan.steps = c.calibrate_steps;
   plan.sampler = c.default_sampler;
   CostModel costs;
-  const auto calibrated = calibrate(engine, costs, plan);
+  std::vector<CalibrationRun> calibration_runs;
+  const auto calibrated = calibrate(engine, costs, plan, &calibration_runs);
   budget.set_baseline_from_measurement();
   log_info(strf("memory budget %lld bytes, %lld in use with the model loaded",
                 static_cast<long long>(budget.budget_bytes()),
@@ -96,6 +100,9 @@ int serve(const ServerConfig& c) {
   }
   metrics.set_queue_capacity(sc.max_queue);
   RequestScheduler scheduler(engine, budget, costs, &metrics, sc);
+  for (const auto& r : calibration_runs) {
+    scheduler.auto_policy().record_batch(r.level, r.images, r.steps, r.seconds);
+  }
   GenerationService service(scheduler, engine, &metrics, RequestLimits::from(c, native));
 
   grpc::EnableDefaultHealthCheckService(true);

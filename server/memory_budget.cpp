@@ -27,6 +27,14 @@ MemoryBudget::MemoryBudget(int64_t budget_bytes, int64_t headroom_bytes, StatsFn
 
 int64_t MemoryBudget::in_use_bytes() const { return stats_ ? stats_().allocated_bytes : 0; }
 
+int64_t MemoryBudget::batch_peak_bytes(int64_t peak_allocated_bytes) const {
+  if (!stats_) return peak_allocated_bytes;
+  const auto s = stats_();
+  // CPU: reserved is allocated (a tracking allocator), nothing more to learn.
+  if (s.device_total_bytes <= 0) return peak_allocated_bytes;
+  return std::max(peak_allocated_bytes, s.peak_reserved_bytes);
+}
+
 void MemoryBudget::set_baseline(int64_t bytes) {
   std::lock_guard lock(mu_);
   baseline_ = bytes;

@@ -30,6 +30,11 @@ class MemoryBudget {
   int64_t baseline_bytes() const;
   // Bytes still available for new batches when `reserved_bytes` are promised to running ones.
   int64_t free_bytes(int64_t reserved_bytes) const;
+  // The measured peak of a batch that just finished, the number compared with the budget: its
+  // allocated peak, and on CUDA (a device that reports its total) also the caching allocator's
+  // reserved peak, which includes fragmentation that allocated bytes do not show. The run resets
+  // the device's peak statistics when it starts, so the reserved peak is the batch's own.
+  int64_t batch_peak_bytes(int64_t peak_allocated_bytes) const;
   // The most a single batch can ever get (nothing else running).
   int64_t capacity_bytes() const { return budget_ - baseline_bytes(); }
 

@@ -84,6 +84,18 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                       .Help("Requests retried at a higher level after running out of memory")
                       .Register(r)
                       .Add({});
+  budget_overruns_ = &prometheus::BuildCounter()
+                          .Name("ldcp_budget_overruns_total")
+                          .Help("Batches whose measured peak memory exceeded the budget")
+                          .Register(r)
+                          .Add({});
+  level_reasons_ = &prometheus::BuildCounter()
+                        .Name("ldcp_auto_level_decisions_total")
+                        .Help("AUTO batches by what set their pruning level")
+                        .Register(r);
+  for (const char* reason : {"none", "memory", "throughput", "request_cap"}) {
+    level_reasons_->Add({{"reason", reason}});
+  }
   queue_depth_ = &prometheus::BuildGauge()
                       .Name("ldcp_queue_depth")
                       .Help("Requests waiting in the queue")
@@ -144,6 +156,13 @@ void Metrics::batch_started(int64_t requests, int64_t /*images*/) {
 }
 
 void Metrics::oom_retry() { oom_retries_->Increment(); }
+void Metrics::budget_overrun() { budget_overruns_->Increment(); }
+uint64_t Metrics::budget_overruns() const {
+  return static_cast<uint64_t>(budget_overruns_->Value());
+}
+void Metrics::auto_level_decision(const std::string& reason) {
+  level_reasons_->Add({{"reason", reason}}).Increment();
+}
 void Metrics::set_queue_depth(int64_t n) { queue_depth_->Set(static_cast<double>(n)); }
 void Metrics::set_queue_capacity(int64_t n) { queue_capacity_->Set(static_cast<double>(n)); }
 void Metrics::set_in_flight(int64_t n) { in_flight_->Set(static_cast<double>(n)); }

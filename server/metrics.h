@@ -30,6 +30,12 @@ class Metrics {
   void request_served(int64_t peak_bytes, double pruning_ratio, double level, int64_t images);
   void batch_started(int64_t requests, int64_t images);
   void oom_retry();
+  // A batch whose measured peak (allocated, or on CUDA reserved) exceeded the budget.
+  void budget_overrun();
+  // An AUTO batch's level decision; reason: "none" (level 0), "memory", "throughput" or
+  // "request_cap" (see AutoLevelPolicy).
+  void auto_level_decision(const std::string& reason);
+  uint64_t budget_overruns() const;
   void set_queue_depth(int64_t n);
   void set_queue_capacity(int64_t n);  // --max-queue: depth / capacity is the fill ratio
   void set_in_flight(int64_t n);
@@ -49,6 +55,8 @@ class Metrics {
   prometheus::Counter* batches_;
   prometheus::Counter* images_;
   prometheus::Counter* oom_retries_;
+  prometheus::Counter* budget_overruns_;
+  prometheus::Family<prometheus::Counter>* level_reasons_;
   prometheus::Gauge* queue_depth_;
   prometheus::Gauge* queue_capacity_;
   prometheus::Gauge* in_flight_;

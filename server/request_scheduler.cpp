@@ -46,6 +46,8 @@ JobOutcome failure(Status status, std::string message) {
 }
 
 int64_t images_of(const Job& job) { return std::max<int64_t>(1, job.params.num_images); }
+// Classifier-free guidance doubles the U-Net rows; costs are kept apart (cost_model.h).
+bool guided(const Job& job) { return job.params.guidance_scale > 1.0; }
 
 // gRPC cancels a call (OnCancel) when its deadline passes, so a cancellation at (about) the
 // deadline is reported as DEADLINE_EXCEEDED.
@@ -64,6 +66,8 @@ struct RequestScheduler::Batch {
   int64_t images = 0;
   int64_t reserved = 0;
   int64_t free_at_start = 0;
+  bool guided = true;
+  std::optional<LevelReason> reason;  // AUTO only
 };
 
 RequestScheduler::RequestScheduler(Engine& engine, MemoryBudget& budget, CostModel& costs,
@@ -77,7 +81,8 @@ RequestScheduler::RequestScheduler(Engine& engine, MemoryBudget& budget, CostMod
       window_timer_(io_),
       sweep_timer_(io_),
       model_pool_(static_cast<size_t>(std::max(1, config_.workers))),
-      completion_pool_(2) {
+      completion_pool_(2),
+      policy_(config_.auto_policy) {
   auto& levels = config_.levels;
   levels.push_back(0.0);
   std::sort(levels.begin(), levels.end());
@@ -143,7 +148,7 @@ int64_t RequestScheduler::job_cost_floor(const Job& job) const {
   const double level = job.pruning.mode == PruningRequest::Mode::kAuto
                            ? allowed_max(job)
                            : peak_level(job.pruning.schedule);
-  return costs_.estimate(images_of(job), job.params.width, job.params.height, level);
+  return costs_.estimate(images_of(job), job.params.width, job.params.height, level, guided(job));
 }
 
 bool RequestScheduler::compatible(const Job& head, const Job& other) const {
@@ -195,6 +200,7 @@ void RequestScheduler::submit(std::shared_ptr<Job> job) {
               return a->seq < b->seq;
             });
         queue_.insert(pos, job);
+        policy_.record_arrival(images_of(*job), now);  // every mode shares the model
         update_gauges_locked();
       }
     }
@@ -262,44 +268,70 @@ double RequestScheduler::hysteresis(double best, double allowed,
 std::optional<RequestScheduler::Batch> RequestScheduler::plan(
     const std::vector<std::shared_ptr<Job>>& candidates, int64_t free) {
   const Job& head = *candidates.front();
+  if (head.pruning.mode == PruningRequest::Mode::kAuto) return plan_auto(candidates, free);
   const int64_t w = head.params.width, h = head.params.height;
   for (size_t n = candidates.size(); n >= 1; --n) {
     Batch b;
     b.jobs.assign(candidates.begin(), candidates.begin() + static_cast<std::ptrdiff_t>(n));
     for (const auto& j : b.jobs) b.images += images_of(*j);
     b.free_at_start = free;
-    if (head.pruning.mode == PruningRequest::Mode::kAuto) {
-      double allowed = 1.0, floor = 0.0;
-      for (const auto& j : b.jobs) {
-        allowed = std::min(allowed, allowed_max(*j));
-        floor = std::max(floor, j->min_level);
-      }
-      auto cost = [&](double l) { return costs_.estimate(b.images, w, h, l); };
-      std::optional<double> best;
-      for (double l : config_.levels) {
-        if (l > allowed + 1e-12) break;
-        if (l + 1e-12 < floor) continue;
-        if (cost(l) <= free) {
-          best = l;
-          break;
-        }
-      }
-      if (!best) continue;
-      const bool retry = floor > 0;
-      b.level = retry ? *best : hysteresis(*best, allowed, cost, free);
-      b.schedule =
-          b.level > 0 ? pruning::PruningSchedule::fixed(b.level) : pruning::PruningSchedule::off();
-      b.memory_level = b.level;
-      b.reserved = cost(b.level);
-      return b;
-    }
+    b.guided = guided(head);
     b.schedule = head.pruning.schedule;
     b.level = b.schedule.max_level();
     b.memory_level = peak_level(b.schedule);
-    b.reserved = costs_.estimate(b.images, w, h, b.memory_level);
+    b.reserved = costs_.estimate(b.images, w, h, b.memory_level, b.guided);
     if (b.reserved <= free) return b;
   }
   return std::nullopt;
+}
+
+std::optional<RequestScheduler::Batch> RequestScheduler::plan_auto(
+    const std::vector<std::shared_ptr<Job>>& candidates, int64_t free) {
+  const Job& head = *candidates.front();
+  const int64_t w = head.params.width, h = head.params.height;
+  const bool is_guided = guided(head);
+  // Every (batch prefix, level) that fits, within the levels all of its requests allow.
+  std::vector<AutoLevelPolicy::Option> fitting;
+  std::vector<double> allowed_of(candidates.size() + 1, 1.0), floor_of(candidates.size() + 1, 0);
+  int64_t images = 0;
+  for (size_t n = 1; n <= candidates.size(); ++n) {
+    const Job& j = *candidates[n - 1];
+    images += images_of(j);
+    allowed_of[n] = std::min(allowed_of[n - 1], allowed_max(j));
+    floor_of[n] = std::max(floor_of[n - 1], j.min_level);
+    for (double l : config_.levels) {
+      if (l > allowed_of[n] + 1e-12) break;
+      if (l + 1e-12 < floor_of[n]) continue;
+      if (costs_.estimate(images, w, h, l, is_guided) <= free) fitting.push_back({n, images, l});
+    }
+  }
+  int64_t queued_images = 0;
+  for (const auto& j : queue_) queued_images += images_of(*j);
+  const auto choice =
+      policy_.choose(fitting, allowed_of[1], head.params.steps, queued_images, Clock::now());
+  if (!choice) return std::nullopt;
+  const size_t n = choice->option.requests;
+  Batch b;
+  b.jobs.assign(candidates.begin(), candidates.begin() + static_cast<std::ptrdiff_t>(n));
+  b.images = choice->option.images;
+  b.free_at_start = free;
+  b.guided = is_guided;
+  auto cost = [&](double l) { return costs_.estimate(b.images, w, h, l, is_guided); };
+  if (floor_of[n] > 0) {
+    b.level = choice->option.level;  // an out-of-memory retry: no hysteresis
+    b.reason = LevelReason::kMemory;
+  } else {
+    if (choice->option.level >= sticky_level_) sticky_reason_ = choice->reason;
+    b.level = hysteresis(choice->option.level, allowed_of[n], cost, free);
+    // Held above the policy's choice by the hysteresis: what set the held level.
+    b.reason = b.level > choice->option.level + 1e-12 ? sticky_reason_ : choice->reason;
+  }
+  b.schedule =
+      b.level > 0 ? pruning::PruningSchedule::fixed(b.level) : pruning::PruningSchedule::off();
+  b.memory_level = b.level;
+  b.reserved = cost(b.level);
+  if (metrics_) metrics_->auto_level_decision(level_reason_name(*b.reason));
+  return b;
 }
 
 void RequestScheduler::dispatch() {
@@ -376,6 +408,7 @@ void RequestScheduler::execute(std::shared_ptr<Batch> batch) {
     outcomes[i].queue_seconds = seconds_between(job.arrival, start);
     outcomes[i].level = batch->level;
     outcomes[i].retried_after_oom = job.retried;
+    if (batch->reason) outcomes[i].level_reason = level_reason_name(*batch->reason);
     if (metrics_) metrics_->queue_wait(outcomes[i].queue_seconds);
     // Never start a request that is already cancelled or past its deadline.
     if (aborting_) {
@@ -428,7 +461,9 @@ void RequestScheduler::execute(std::shared_ptr<Batch> batch) {
       return true;
     };
     try {
+      const auto run_start = Clock::now();
       auto results = engine_.run(params, callback);
+      const double run_seconds = seconds_between(run_start, Clock::now());
       bool all_complete = true;
       for (size_t r = 0; r < results.size() && r < index.size(); ++r) {
         const size_t i = index[r];
@@ -447,12 +482,31 @@ void RequestScheduler::execute(std::shared_ptr<Batch> batch) {
         outcomes[i].result = std::move(results[r]);
       }
       if (all_complete && !results.empty()) {
+        const auto& first = outcomes[index[0]].result;
+        // On CUDA the reserved peak can exceed the allocated one (fragmentation): the cost is
+        // what the batch took from the budget, so it includes that excess.
+        const int64_t peak = budget_.batch_peak_bytes(first.peak_memory_bytes);
         costs_.observe(batch->images, params[0].width, params[0].height, batch->memory_level,
-                       outcomes[index[0]].result.peak_memory_above_weights_bytes);
+                       first.peak_memory_above_weights_bytes + (peak - first.peak_memory_bytes),
+                       batch->guided);
+        if (peak > budget_.budget_bytes()) {
+          if (metrics_) metrics_->budget_overrun();
+          log_warn(
+              strf("budget overrun: a batch of %lld image(s) at level %.2f peaked at %lld "
+                   "bytes, above the %lld-byte budget (estimated %lld above the baseline); "
+                   "its cost is raised",
+                   static_cast<long long>(batch->images), batch->level,
+                   static_cast<long long>(peak), static_cast<long long>(budget_.budget_bytes()),
+                   static_cast<long long>(batch->reserved)));
+        }
+        // Throughput at a uniform level only (a per-step schedule has no single level).
+        if (batch->memory_level == batch->level) {
+          policy_.record_batch(batch->level, batch->images, params[0].steps, run_seconds);
+        }
       }
     } catch (const OutOfMemory& e) {
       costs_.observe_oom(batch->images, params[0].width, params[0].height, batch->memory_level,
-                         batch->free_at_start);
+                         batch->free_at_start, batch->guided);
       log_warn(strf("out of memory in a batch of %zu request(s) at level %.2f: %s", params.size(),
                     batch->level, e.what()));
       for (size_t i : index) {

@@ -11,12 +11,15 @@
 // - Batching: waiting requests compatible with the head (Engine::batchable, same pruning mode)
 //   join its U-Net batch up to max_batch images; a batch that is not full waits up to
 //   batch_window after the head's arrival for more.
-// - AUTO: the lowest level of the level grid (best quality) whose cost fits the free memory now,
-//   never above the request's max_level nor the server's; a larger batch is preferred when it
-//   fits at an allowed level, so pressure (a long queue, little free memory) raises the level.
+// - AUTO (auto_level_policy.h): among the (batch, level) pairs that fit the free memory, the
+//   lowest level whose measured throughput covers the recent arrival rate while the queue
+//   drains; under a burst the fastest pair (the largest batch at the highest allowed level).
 //   Hysteresis: the level rises at once but falls only one grid step at a time, after
 //   hysteresis_decisions consecutive decisions in which the lower level fits with a margin of
 //   hysteresis_fraction of the budget.
+// - The budget is a guarantee: costs are calibrated at every batch size up to max_batch, raised
+//   at once by any batch that measured more, and a batch whose measured peak exceeded the budget
+//   is counted (ldcp_budget_overruns_total).
 // - OFF / FIXED: run at their schedule when it fits, otherwise wait.
 // - Out of memory while running: an AUTO request is retried once at the next higher level
 //   (alone); otherwise it fails with RESOURCE_EXHAUSTED. Other requests are unaffected.
@@ -46,6 +49,7 @@
 #include <boost/asio/thread_pool.hpp>
 
 #include "model/pipelines/pipeline_stable_diffusion.h"
+#include "server/auto_level_policy.h"
 #include "server/cost_model.h"
 #include "server/engine.h"
 #include "server/memory_budget.h"
@@ -85,6 +89,7 @@ struct JobOutcome {
   double level = 0;  // the highest level the request ran at
   int64_t batch_requests = 0;
   bool retried_after_oom = false;
+  const char* level_reason = "";  // AUTO: what set the level (level_reason_name); else ""
 };
 
 struct Job {
@@ -123,6 +128,7 @@ struct SchedulerConfig {
   // (and again after each further interval): hysteresis damps flapping under load, but an idle
   // server should not keep reporting, and holding, the level of its last burst. 0: never.
   std::chrono::milliseconds idle_decay{10000};
+  AutoLevelConfig auto_policy;
 };
 
 class RequestScheduler {
@@ -147,6 +153,8 @@ class RequestScheduler {
   int64_t running_requests() const;
   double auto_level() const;
   const SchedulerConfig& config() const { return config_; }
+  // AUTO's throughput table and arrival rate (main.cpp seeds it with the calibration runs).
+  AutoLevelPolicy& auto_policy() { return policy_; }
 
  private:
   struct Batch;
@@ -158,6 +166,7 @@ class RequestScheduler {
   double grid_level_below(double level, double floor) const;
   void finish(const std::shared_ptr<Job>& job, JobOutcome&& outcome);
   std::optional<Batch> plan(const std::vector<std::shared_ptr<Job>>& candidates, int64_t free);
+  std::optional<Batch> plan_auto(const std::vector<std::shared_ptr<Job>>& candidates, int64_t free);
   bool compatible(const Job& head, const Job& other) const;
   double allowed_max(const Job& job) const;      // the highest grid level the job may get
   int64_t job_cost_floor(const Job& job) const;  // cost alone at its most pruned level
@@ -191,7 +200,9 @@ class RequestScheduler {
   bool draining_ = false;
   std::atomic<bool> aborting_{false};
   std::string abort_reason_;
+  AutoLevelPolicy policy_;
   double sticky_level_ = 0;
+  LevelReason sticky_reason_ = LevelReason::kNone;
   int down_streak_ = 0;
   std::optional<std::chrono::steady_clock::time_point> idle_since_;  // control thread, under mu_
   int64_t pending_completions_ = 0;

@@ -336,6 +336,7 @@ class CallCore {
     line.total_s = total;
     line.peak_memory_bytes = o.result.peak_memory_bytes;
     line.retried_after_oom = o.retried_after_oom;
+    line.level_reason = o.level_reason;
     log_request(line);
   }
 

@@ -22,6 +22,8 @@ class FakeEngine : public Engine {
     return static_cast<int64_t>(static_cast<double>(n) * 4000.0 * (1.0 - l));
   };
   std::chrono::milliseconds step_time{2};
+  // When set: the step time at a level (pruning makes steps faster), instead of step_time.
+  std::function<std::chrono::milliseconds(double level)> step_time_at;
   std::atomic<bool> hold{false};            // running batches wait before each step while set
   std::atomic<int64_t> external{1000};      // measured bytes not from batches (weights, others)
   std::atomic<double> oom_below_level{-1};  // run() throws OutOfMemory below this level
@@ -67,7 +69,7 @@ class FakeEngine : public Engine {
     at::Tensor latents = at::zeros({1, 4, 8, 8});
     for (int64_t s = 0; s < steps; ++s) {
       while (hold) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      std::this_thread::sleep_for(step_time);
+      std::this_thread::sleep_for(step_time_at ? step_time_at(level) : step_time);
       for (size_t i = 0; i < requests.size(); ++i) {
         if (!active[i]) continue;
         const double t = 1000.0 - static_cast<double>(s);

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include "server/calibration.h"
 #include "server/config.h"
 #include "server/cost_model.h"
 #include "server/memory_budget.h"
@@ -51,6 +52,47 @@ TEST(CostModel, ObservationsAtOtherSizesRefineTheNearestMeasuredSize) {
   EXPECT_EQ(m.estimate(1, 64, 64, 0.0), 1500);
   EXPECT_EQ(m.estimate(1, 128, 64, 0.0), 3000);
   EXPECT_EQ(m.estimate(1, 128, 64, 0.5), 1000);  // other levels keep their measurements
+}
+
+TEST(CostModel, GuidedAndUnguidedCostsAreKeptApart) {
+  CostModel m(0.0);
+  m.add_measurement(1, 64, 64, 0.0, 1000);  // calibration: guided
+  // Unguided costs the guided estimate until observed...
+  EXPECT_EQ(m.estimate(1, 64, 64, 0.0, false), 1000);
+  m.observe(1, 64, 64, 0.0, 500, false);
+  EXPECT_EQ(m.estimate(1, 64, 64, 0.0, false), 875);  // a quarter of the way down
+  EXPECT_EQ(m.estimate(1, 64, 64, 0.0, true), 1000);  // ...and never lowers the guided cost
+  m.observe(1, 64, 64, 0.0, 1600, false);             // underestimated: raised at once
+  EXPECT_EQ(m.estimate(1, 64, 64, 0.0, false), 1600);
+  EXPECT_EQ(m.estimate(2, 64, 64, 0.0, false), 2000);  // not observed: the guided estimate
+}
+
+TEST(CostModel, AnObservationAboveTheExtrapolationRaisesItAtOnce) {
+  CostModel m(0.0);
+  m.add_measurement(1, 64, 64, 0.7, 1000);
+  m.add_measurement(2, 64, 64, 0.7, 1500);
+  EXPECT_EQ(m.estimate(4, 64, 64, 0.7), 2500);  // linear: what the overrun came from
+  m.observe(4, 64, 64, 0.7, 3100);
+  EXPECT_EQ(m.estimate(4, 64, 64, 0.7), 3100);
+  EXPECT_GE(m.estimate(4, 64, 64, 0.35), 3100);  // a milder level never costs less
+}
+
+TEST(Calibration, MeasuresEveryBatchSizeUpToMaxBatch) {
+  EXPECT_EQ(calibration_batch_sizes(4), (std::vector<int64_t>{1, 2, 3, 4}));
+  EXPECT_EQ(calibration_batch_sizes(0), (std::vector<int64_t>{1}));
+}
+
+TEST(MemoryBudget, OnCudaTheBatchPeakIncludesTheReservedPeak) {
+  runtime::MemoryStats stats;
+  stats.device_total_bytes = 10000;  // a device that reports its total: CUDA
+  stats.peak_reserved_bytes = 9500;  // fragmentation above the allocated peak
+  MemoryBudget cuda(9000, 0, [&] { return stats; });
+  EXPECT_EQ(cuda.batch_peak_bytes(8000), 9500);
+  EXPECT_EQ(cuda.batch_peak_bytes(9700), 9700);
+  runtime::MemoryStats cpu;
+  cpu.peak_reserved_bytes = 9500;
+  MemoryBudget on_cpu(9000, 0, [&] { return cpu; });
+  EXPECT_EQ(on_cpu.batch_peak_bytes(8000), 8000);
 }
 
 TEST(MemoryBudget, FromDeviceLessHeadroomAndFreeBytes) {

@@ -1,0 +1,147 @@
+#include "server/auto_level_policy.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace ldcp::server {
+namespace {
+
+int64_t milli(double level) { return static_cast<int64_t>(std::llround(level * 1000.0)); }
+
+}  // namespace
+
+const char* level_reason_name(LevelReason reason) {
+  switch (reason) {
+    case LevelReason::kNone:
+      return "none";
+    case LevelReason::kMemory:
+      return "memory";
+    case LevelReason::kThroughput:
+      return "throughput";
+    case LevelReason::kRequestCap:
+      return "request_cap";
+  }
+  return "none";
+}
+
+void AutoLevelPolicy::record_arrival(int64_t images, Clock::time_point now) {
+  std::lock_guard lock(mu_);
+  if (!first_arrival_) first_arrival_ = now;
+  arrivals_.emplace_back(now, std::max<int64_t>(1, images));
+  while (!arrivals_.empty() && now - arrivals_.front().first > config_.rate_window) {
+    arrivals_.pop_front();
+  }
+}
+
+void AutoLevelPolicy::record_batch(double level, int64_t images, int64_t steps, double seconds) {
+  if (images <= 0 || steps <= 0 || !(seconds > 0)) return;
+  const double per = seconds / static_cast<double>(images * steps);
+  std::lock_guard lock(mu_);
+  auto& by_images = seconds_per_image_step_[milli(level)];
+  auto it = by_images.find(images);
+  if (it == by_images.end()) {
+    by_images.emplace(images, per);
+  } else {
+    it->second += 0.5 * (per - it->second);  // follows the load the machine is under now
+  }
+}
+
+double AutoLevelPolicy::arrival_rate(Clock::time_point now) const {
+  std::lock_guard lock(mu_);
+  if (!first_arrival_) return 0;
+  int64_t images = 0;
+  for (const auto& [t, n] : arrivals_) {
+    if (now - t <= config_.rate_window) images += n;
+  }
+  // Before a full window has passed, over the time since the first arrival (at least 1 s, so
+  // that the first request alone is not a burst).
+  const double window = std::chrono::duration<double>(config_.rate_window).count();
+  const double since = std::chrono::duration<double>(now - *first_arrival_).count();
+  return static_cast<double>(images) / std::clamp(since, 1.0, std::max(1.0, window));
+}
+
+std::optional<double> AutoLevelPolicy::throughput(double level, int64_t images,
+                                                  int64_t steps) const {
+  std::lock_guard lock(mu_);
+  auto lit = seconds_per_image_step_.upper_bound(milli(level));
+  if (lit == seconds_per_image_step_.begin()) return std::nullopt;
+  --lit;  // the highest measured level at or below `level`
+  const auto& by_images = lit->second;
+  auto iit = by_images.upper_bound(images);
+  if (iit != by_images.begin()) --iit;  // the largest measured batch at or below, else smallest
+  const double per = iit->second * static_cast<double>(std::max<int64_t>(1, steps));
+  return per > 0 ? std::optional<double>(1.0 / per) : std::nullopt;
+}
+
+std::optional<AutoLevelPolicy::Choice> AutoLevelPolicy::choose(const std::vector<Option>& fitting,
+                                                               double top_allowed, int64_t steps,
+                                                               int64_t queued_images,
+                                                               Clock::time_point now) const {
+  if (fitting.empty()) return std::nullopt;
+  std::vector<Option> options = fitting;
+  // By level, then the larger batch first (at one level a larger batch costs no quality).
+  std::sort(options.begin(), options.end(), [](const Option& a, const Option& b) {
+    if (a.level != b.level) return a.level < b.level;
+    return a.images > b.images;
+  });
+  const double lowest = options.front().level;
+  const auto lowest_reason = lowest > 0 ? LevelReason::kMemory : LevelReason::kNone;
+  Choice choice;
+  choice.required_rate =
+      arrival_rate(now) + static_cast<double>(queued_images) / std::max(0.1, config_.drain_seconds);
+  if (choice.required_rate <= 0) {
+    choice.option = options.front();
+    choice.reason = lowest_reason;
+    return choice;
+  }
+  bool measured;
+  {
+    std::lock_guard lock(mu_);
+    measured = !seconds_per_image_step_.empty();
+  }
+  std::optional<Option> fastest;
+  double fastest_rate = -1;
+  bool any_known = false;
+  for (const auto& o : options) {
+    const auto rate = throughput(o.level, o.images, steps);
+    if (!rate) {
+      // Only higher levels were measured: try this milder one (its batches will measure it)
+      // rather than prune on the strength of another level's speed.
+      if (measured) {
+        choice.option = o;
+        choice.reason = o.level <= lowest ? lowest_reason : LevelReason::kThroughput;
+        return choice;
+      }
+      continue;
+    }
+    any_known = true;
+    if (*rate >= choice.required_rate) {
+      choice.option = o;
+      choice.reason = o.level <= lowest ? lowest_reason : LevelReason::kThroughput;
+      return choice;
+    }
+    if (*rate > fastest_rate * 1.02) {  // a higher level only for a real gain
+      fastest_rate = *rate;
+      fastest = o;
+    }
+  }
+  if (!any_known) {
+    // Nothing measured yet: the largest batch that fits, at its lowest fitting level.
+    choice.option =
+        *std::max_element(options.begin(), options.end(), [](const Option& a, const Option& b) {
+          if (a.images != b.images) return a.images < b.images;
+          return a.level > b.level;
+        });
+    choice.reason = choice.option.level <= lowest ? lowest_reason : LevelReason::kMemory;
+    return choice;
+  }
+  choice.option = *fastest;
+  if (choice.option.level >= top_allowed - 1e-9) {
+    choice.reason = LevelReason::kRequestCap;
+  } else {
+    choice.reason = choice.option.level <= lowest ? lowest_reason : LevelReason::kThroughput;
+  }
+  return choice;
+}
+
+}  // namespace ldcp::server

@@ -1,0 +1,73 @@
+#pragma once
+// AUTO's level choice: the least pruning that keeps up. Among the (batch, level) options that fit
+// the free memory, the lowest level whose measured throughput covers the recent arrival rate plus
+// draining the queue within drain_seconds; when no level covers it (a burst), the option with the
+// highest throughput, which under memory pressure is the largest batch at the highest allowed
+// level. Throughput is measured (images per second per denoising step count, from calibration
+// runs and served batches), never assumed. Hysteresis stays in the scheduler.
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+namespace ldcp::server {
+
+// What set an AUTO batch's level (the label values of ldcp_auto_level_decisions_total).
+enum class LevelReason {
+  kNone,        // level 0: nothing required pruning
+  kMemory,      // the lowest level that fits the free memory
+  kThroughput,  // a milder level fits but would not keep up with the arrivals
+  kRequestCap,  // no level keeps up; the most pruning allowed (request or server max_level)
+};
+const char* level_reason_name(LevelReason reason);
+
+struct AutoLevelConfig {
+  std::chrono::milliseconds rate_window{10000};  // arrivals counted over this window
+  double drain_seconds = 10;                     // the queue should empty within this
+};
+
+class AutoLevelPolicy {
+ public:
+  using Clock = std::chrono::steady_clock;
+  explicit AutoLevelPolicy(AutoLevelConfig config = {}) : config_(config) {}
+
+  void record_arrival(int64_t images, Clock::time_point now);
+  // A batch that ran to completion (calibration or served): its wall time.
+  void record_batch(double level, int64_t images, int64_t steps, double seconds);
+
+  // Images per second arriving, over the rate window.
+  double arrival_rate(Clock::time_point now) const;
+  // Measured images per second of `images` images at `level` with `steps` steps; none when no
+  // batch at or below that level was measured. Unmeasured pairs use the nearest measured level
+  // below and batch size below (both slower: the estimate errs towards more pruning).
+  std::optional<double> throughput(double level, int64_t images, int64_t steps) const;
+
+  struct Option {
+    size_t requests = 0;  // the batch: the first `requests` candidates
+    int64_t images = 0;
+    double level = 0;
+  };
+  struct Choice {
+    Option option;
+    LevelReason reason = LevelReason::kNone;
+    double required_rate = 0;  // images/s it had to cover
+  };
+  // `fitting`: every option that fits the free memory, within the levels the requests allow;
+  // `top_allowed`: the most pruning allowed. None when nothing fits.
+  std::optional<Choice> choose(const std::vector<Option>& fitting, double top_allowed,
+                               int64_t steps, int64_t queued_images, Clock::time_point now) const;
+
+ private:
+  AutoLevelConfig config_;
+  mutable std::mutex mu_;
+  std::deque<std::pair<Clock::time_point, int64_t>> arrivals_;
+  std::optional<Clock::time_point> first_arrival_;
+  // level (1/1000) -> images -> seconds per image and step (moving average)
+  std::map<int64_t, std::map<int64_t, double>> seconds_per_image_step_;
+};
+
+}  // namespace ldcp::server
