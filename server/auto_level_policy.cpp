@@ -33,16 +33,20 @@ void AutoLevelPolicy::record_arrival(int64_t images, Clock::time_point now) {
   }
 }
 
-void AutoLevelPolicy::record_batch(double level, int64_t images, int64_t steps, double seconds) {
+void AutoLevelPolicy::record_batch(double level, int64_t images, int64_t steps, double seconds,
+                                   double fixed_seconds) {
   if (images <= 0 || steps <= 0 || !(seconds > 0)) return;
-  const double per = seconds / static_cast<double>(images * steps);
+  const double fixed = std::clamp(fixed_seconds, 0.0, seconds);
+  const Timing t{(seconds - fixed) / static_cast<double>(steps), fixed};
   std::lock_guard lock(mu_);
   auto& by_images = seconds_per_image_step_[milli(level)];
   auto it = by_images.find(images);
   if (it == by_images.end()) {
-    by_images.emplace(images, per);
+    by_images.emplace(images, t);
   } else {
-    it->second += 0.5 * (per - it->second);  // follows the load the machine is under now
+    // Follows the load the machine is under now.
+    it->second.per_step += 0.5 * (t.per_step - it->second.per_step);
+    it->second.fixed += 0.5 * (t.fixed - it->second.fixed);
   }
 }
 
@@ -53,11 +57,10 @@ double AutoLevelPolicy::arrival_rate(Clock::time_point now) const {
   for (const auto& [t, n] : arrivals_) {
     if (now - t <= config_.rate_window) images += n;
   }
-  // Before a full window has passed, over the time since the first arrival (at least 1 s, so
-  // that the first request alone is not a burst).
+  // Over the whole window, also before it has passed: a first request alone is not a burst
+  // (a burst shows in the queue term of choose()).
   const double window = std::chrono::duration<double>(config_.rate_window).count();
-  const double since = std::chrono::duration<double>(now - *first_arrival_).count();
-  return static_cast<double>(images) / std::clamp(since, 1.0, std::max(1.0, window));
+  return static_cast<double>(images) / std::max(1e-3, window);
 }
 
 std::optional<double> AutoLevelPolicy::throughput(double level, int64_t images,
@@ -69,8 +72,11 @@ std::optional<double> AutoLevelPolicy::throughput(double level, int64_t images,
   const auto& by_images = lit->second;
   auto iit = by_images.upper_bound(images);
   if (iit != by_images.begin()) --iit;  // the largest measured batch at or below, else smallest
-  const double per = iit->second * static_cast<double>(std::max<int64_t>(1, steps));
-  return per > 0 ? std::optional<double>(1.0 / per) : std::nullopt;
+  const auto& t = iit->second;
+  const double batch_seconds =
+      t.fixed + t.per_step * static_cast<double>(std::max<int64_t>(1, steps));
+  if (!(batch_seconds > 0)) return std::nullopt;
+  return static_cast<double>(iit->first) / batch_seconds;  // images/s of the measured batch
 }
 
 std::optional<AutoLevelPolicy::Choice> AutoLevelPolicy::choose(const std::vector<Option>& fitting,
@@ -87,8 +93,13 @@ std::optional<AutoLevelPolicy::Choice> AutoLevelPolicy::choose(const std::vector
   const double lowest = options.front().level;
   const auto lowest_reason = lowest > 0 ? LevelReason::kMemory : LevelReason::kNone;
   Choice choice;
-  choice.required_rate =
-      arrival_rate(now) + static_cast<double>(queued_images) / std::max(0.1, config_.drain_seconds);
+  const double arriving = arrival_rate(now);
+  // What an option must serve: the arrivals, plus the queue it leaves behind drained in time.
+  auto required = [&](const Option& o) {
+    return arriving + static_cast<double>(std::max<int64_t>(0, queued_images - o.images)) /
+                          std::max(0.1, config_.drain_seconds);
+  };
+  choice.required_rate = required(options.front());
   if (choice.required_rate <= 0) {
     choice.option = options.front();
     choice.reason = lowest_reason;
@@ -115,8 +126,11 @@ std::optional<AutoLevelPolicy::Choice> AutoLevelPolicy::choose(const std::vector
       continue;
     }
     any_known = true;
-    if (*rate >= choice.required_rate) {
+    // 10% tolerance: measured throughput is noisy, and a closed loop's arrival rate can approach
+    // it without the level falling behind; prune no more than it must.
+    if (*rate >= 0.9 * required(o)) {
       choice.option = o;
+      choice.required_rate = required(o);
       choice.reason = o.level <= lowest ? lowest_reason : LevelReason::kThroughput;
       return choice;
     }

@@ -36,8 +36,10 @@ class AutoLevelPolicy {
   explicit AutoLevelPolicy(AutoLevelConfig config = {}) : config_(config) {}
 
   void record_arrival(int64_t images, Clock::time_point now);
-  // A batch that ran to completion (calibration or served): its wall time.
-  void record_batch(double level, int64_t images, int64_t steps, double seconds);
+  // A batch that ran to completion (calibration or served): its wall time, of which
+  // `fixed_seconds` did not scale with the steps (text encoding, decoding).
+  void record_batch(double level, int64_t images, int64_t steps, double seconds,
+                    double fixed_seconds = 0);
 
   // Images per second arriving, over the rate window.
   double arrival_rate(Clock::time_point now) const;
@@ -66,8 +68,11 @@ class AutoLevelPolicy {
   mutable std::mutex mu_;
   std::deque<std::pair<Clock::time_point, int64_t>> arrivals_;
   std::optional<Clock::time_point> first_arrival_;
-  // level (1/1000) -> images -> seconds per image and step (moving average)
-  std::map<int64_t, std::map<int64_t, double>> seconds_per_image_step_;
+  struct Timing {
+    double per_step = 0, fixed = 0;  // seconds per batch (moving averages)
+  };
+  // level (1/1000) -> images -> timing
+  std::map<int64_t, std::map<int64_t, Timing>> seconds_per_image_step_;
 };
 
 }  // namespace ldcp::server

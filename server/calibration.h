@@ -29,6 +29,7 @@ struct CalibrationRun {
   double level = 0;
   int64_t images = 0, steps = 0;
   double seconds = 0;
+  double fixed_seconds = 0;  // text encoding and decoding (not per step)
 };
 
 // Runs the plan and fills `costs` (and `runs` when given). Returns the levels that ran (a level the

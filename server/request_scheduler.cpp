@@ -501,7 +501,9 @@ void RequestScheduler::execute(std::shared_ptr<Batch> batch) {
         }
         // Throughput at a uniform level only (a per-step schedule has no single level).
         if (batch->memory_level == batch->level) {
-          policy_.record_batch(batch->level, batch->images, params[0].steps, run_seconds);
+          const auto& t = first.timings;
+          const double fixed = t.total_s > 0 ? std::max(0.0, t.total_s - t.denoising_s) : 0.0;
+          policy_.record_batch(batch->level, batch->images, params[0].steps, run_seconds, fixed);
         }
       }
     } catch (const OutOfMemory& e) {

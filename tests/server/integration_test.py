@@ -318,6 +318,31 @@ class T05Pressure(unittest.TestCase):
         total = lib.metric(samples, "ldcp_batch_size_count")
         self.assertLess(batched, total, "no batch of more than one request ran")
 
+    def test_every_batch_stays_within_the_budget(self):
+        # Load at the calibrated size with --max-batch 4: single- and two-image AUTO requests at
+        # once, so that batches of up to 4 images are considered. Every batch's measured peak
+        # (each response reports its batch's) stays within the budget, and none is counted over.
+        before = lib.metric(lib.parse_metrics(SERVER.metrics_text()), "ldcp_budget_overruns_total")
+
+        def one(i):
+            req = request(request_id=f"budget-{i}", num_images=1 + i % 2, steps=2)
+            try:
+                return "OK", generate(req).peak_memory_bytes
+            except grpc.RpcError as e:
+                return e.code().name, None
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(one, range(8)))
+        codes = Counter(c for c, _ in results)
+        self.assertLessEqual(set(codes), {"OK", "UNAVAILABLE", "RESOURCE_EXHAUSTED"}, codes)
+        peaks = [p for c, p in results if c == "OK"]
+        self.assertGreaterEqual(len(peaks), 4, codes)
+        self.assertLessEqual(max(peaks), COSTS["budget"], f"peaks {peaks}, costs {COSTS}")
+        after = lib.metric(lib.parse_metrics(SERVER.metrics_text()), "ldcp_budget_overruns_total")
+        self.assertEqual(after, before)
+        overruns = [l for l in SERVER.log().splitlines() if "budget overrun" in l]
+        self.assertEqual(before, 0, overruns)
+
     def test_never_fits_is_resource_exhausted(self):
         with self.assertRaises(grpc.RpcError) as ctx:
             generate(request(num_images=4, pruning=pb.Pruning(mode=pb.PRUNING_MODE_OFF)))
