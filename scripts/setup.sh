@@ -17,7 +17,7 @@ done
 APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   python3 python3-venv python3-dev
-  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libssl-dev
   prometheus-cpp-dev libspdlog-dev libfmt-dev libboost-dev libboost-system-dev
   nlohmann-json3-dev libcli11-dev libpng-dev libjpeg62-turbo-dev libicu-dev zlib1g-dev
   libgtest-dev libgmock-dev
@@ -25,7 +25,8 @@ APT_PACKAGES=(
 )
 # The tests also run a real Prometheus (promtool checks the rules) and render the Kubernetes
 # manifests with kubectl kustomize (kubectl and hadolint come as PyPI wheels, requirements-test.txt).
-if ((want_test_deps)); then APT_PACKAGES+=(prometheus); fi
+# openssl makes the certificates of the TLS tests (tests/server/security_test.py).
+if ((want_test_deps)); then APT_PACKAGES+=(prometheus openssl); fi
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
