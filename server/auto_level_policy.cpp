@@ -26,7 +26,6 @@ const char* level_reason_name(LevelReason reason) {
 
 void AutoLevelPolicy::record_arrival(int64_t images, Clock::time_point now) {
   std::lock_guard lock(mu_);
-  if (!first_arrival_) first_arrival_ = now;
   arrivals_.emplace_back(now, std::max<int64_t>(1, images));
   while (!arrivals_.empty() && now - arrivals_.front().first > config_.rate_window) {
     arrivals_.pop_front();
@@ -52,15 +51,22 @@ void AutoLevelPolicy::record_batch(double level, int64_t images, int64_t steps, 
 
 double AutoLevelPolicy::arrival_rate(Clock::time_point now) const {
   std::lock_guard lock(mu_);
-  if (!first_arrival_) return 0;
+  // The images that arrived after the oldest arrival in the window, over the time since it:
+  // the usual estimate of a Poisson rate from its arrivals, and 0 for a lone request (an idle
+  // server's first request is not load; a burst shows in the queue term of choose()).
+  std::optional<Clock::time_point> oldest;
   int64_t images = 0;
   for (const auto& [t, n] : arrivals_) {
-    if (now - t <= config_.rate_window) images += n;
+    if (now - t > config_.rate_window) continue;
+    if (!oldest) {
+      oldest = t;
+      continue;
+    }
+    images += n;
   }
-  // Over the whole window, also before it has passed: a first request alone is not a burst
-  // (a burst shows in the queue term of choose()).
-  const double window = std::chrono::duration<double>(config_.rate_window).count();
-  return static_cast<double>(images) / std::max(1e-3, window);
+  if (!oldest || images == 0) return 0;
+  const double span = std::chrono::duration<double>(now - *oldest).count();
+  return static_cast<double>(images) / std::max(0.05, span);
 }
 
 std::optional<double> AutoLevelPolicy::throughput(double level, int64_t images,

@@ -41,7 +41,8 @@ class AutoLevelPolicy {
   void record_batch(double level, int64_t images, int64_t steps, double seconds,
                     double fixed_seconds = 0);
 
-  // Images per second arriving, over the rate window.
+  // Images per second arriving: those after the oldest arrival in the rate window over the time
+  // since it (0 for a lone request).
   double arrival_rate(Clock::time_point now) const;
   // Measured images per second of `images` images at `level` with `steps` steps; none when no
   // batch at or below that level was measured. Unmeasured pairs use the nearest measured level
@@ -67,7 +68,6 @@ class AutoLevelPolicy {
   AutoLevelConfig config_;
   mutable std::mutex mu_;
   std::deque<std::pair<Clock::time_point, int64_t>> arrivals_;
-  std::optional<Clock::time_point> first_arrival_;
   struct Timing {
     double per_step = 0, fixed = 0;  // seconds per batch (moving averages)
   };

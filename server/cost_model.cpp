@@ -68,26 +68,28 @@ void CostModel::observe(int64_t images, int64_t width, int64_t height, double le
   const int64_t size = points_.empty() ? pixels : nearest_size_unlocked(pixels);
   const double b = static_cast<double>(std::max<int64_t>(0, bytes)) * static_cast<double>(size) /
                    static_cast<double>(pixels);
-  if (!guided && !points_.empty()) {
-    // Start from the guided estimate (what an unguided batch was costed at), so that the first
-    // observation moves the cost the same way as for a guided one: up at once, down a quarter.
-    const auto key = std::make_tuple(size, milli(level), images);
-    auto it = unguided_.find(key);
-    if (it == unguided_.end()) {
-      const double current = static_cast<double>(estimate_at(size, milli(level), images));
-      it = unguided_.emplace(key, current).first;
-    }
-    if (b > it->second) {
-      it->second = b;
+  const int64_t lm = milli(level);
+  auto calibrated = points_.find({size, lm});
+  if (guided && (points_.empty() || calibrated != points_.end())) {
+    auto& slot = points_[{size, lm}];
+    auto it = slot.find(images);
+    if (it == slot.end() || b > it->second) {
+      slot[images] = b;
     } else {
       it->second += 0.25 * (b - it->second);
     }
     return;
   }
-  auto& slot = points_[{size, milli(level)}];
-  auto it = slot.find(images);
-  if (it == slot.end() || b > it->second) {
-    slot[images] = b;
+  // An unguided batch, or a level calibration did not measure: an exact entry of its own, that
+  // starts from what the batch was costed at, so that the first observation moves the cost the
+  // same way as a calibrated one (up at once, down a quarter) and never lowers another key.
+  const auto key = std::make_tuple(size, lm, images, guided);
+  auto it = observed_.find(key);
+  if (it == observed_.end()) {
+    it = observed_.emplace(key, base_estimate_unlocked(size, lm, images, guided)).first;
+  }
+  if (b > it->second) {
+    it->second = b;
   } else {
     it->second += 0.25 * (b - it->second);
   }
@@ -111,25 +113,37 @@ bool CostModel::empty() const {
 }
 
 int64_t CostModel::estimate_at(int64_t pixels, int64_t level_milli, int64_t images) const {
-  // Levels measured at this size.
+  // Levels measured at this size, ascending; pruning never costs more, so the cost is made
+  // non-increasing in the level.
   std::vector<std::pair<int64_t, double>> by_level;
   for (const auto& [key, pts] : points_) {
     if (std::get<0>(key) == pixels) by_level.emplace_back(std::get<1>(key), fit(pts, images));
   }
-  // Pruning never costs more: make the cost non-increasing in the level.
   for (size_t i = 1; i < by_level.size(); ++i) {
     by_level[i].second = std::min(by_level[i].second, by_level[i - 1].second);
   }
-  if (level_milli <= by_level.front().first) return std::llround(by_level.front().second);
-  for (size_t i = 1; i < by_level.size(); ++i) {
-    if (level_milli <= by_level[i].first) {
-      const auto [l0, c0] = by_level[i - 1];
-      const auto [l1, c1] = by_level[i];
-      const double t = static_cast<double>(level_milli - l0) / static_cast<double>(l1 - l0);
-      return std::llround(c0 + t * (c1 - c0));
-    }
+  // The highest measured level at or below: a bound, where interpolating between two levels
+  // would be a guess (memory does not fall linearly with the level; a guess below the truth is
+  // an out-of-memory error on a GPU). Below the lowest measured level, that level's cost.
+  double bytes = by_level.front().second;
+  for (const auto& [l, c] : by_level) {
+    if (l <= level_milli) bytes = c;
   }
-  return std::llround(by_level.back().second);
+  return std::llround(bytes);
+}
+
+double CostModel::base_estimate_unlocked(int64_t size, int64_t level_milli, int64_t images,
+                                         bool guided) const {
+  if (auto it = observed_.find({size, level_milli, images, true}); it != observed_.end()) {
+    if (guided) return it->second;
+  }
+  if (!guided) {
+    if (auto it = observed_.find({size, level_milli, images, false}); it != observed_.end()) {
+      return it->second;
+    }
+    return base_estimate_unlocked(size, level_milli, images, true);
+  }
+  return static_cast<double>(estimate_at(size, level_milli, images));
 }
 
 int64_t CostModel::estimate_unlocked(int64_t images, int64_t width, int64_t height, double level,
@@ -137,11 +151,7 @@ int64_t CostModel::estimate_unlocked(int64_t images, int64_t width, int64_t heig
   if (points_.empty()) throw std::logic_error("the memory cost model has no measurements");
   const int64_t pixels = width * height;
   const int64_t best = nearest_size_unlocked(pixels);
-  double bytes = static_cast<double>(estimate_at(best, milli(level), images));
-  if (!guided) {
-    auto it = unguided_.find({best, milli(level), images});
-    if (it != unguided_.end()) bytes = it->second;
-  }
+  double bytes = base_estimate_unlocked(best, milli(level), images, guided);
   bytes *= static_cast<double>(pixels) / static_cast<double>(best);
   return std::llround(bytes * (1.0 + margin_));
 }

@@ -5,9 +5,11 @@
 //
 // Between measurements: linear in the number of images (least squares over the image counts
 // measured for that size and level; proportional with one count), linear in the pixel count from
-// the nearest measured size, linear between the two nearest measured levels (above the highest
-// measured level, that level's cost: pruning never costs more memory). The estimate never rises
-// with the level, and a safety margin is added.
+// the nearest measured size. Between measured levels, the cost of the measured level below (a
+// bound: pruning never costs more memory, and memory need not fall linearly with the level);
+// above the highest, that level's cost. A level calibration did not measure gets an exact entry
+// once a served batch measured it. The estimate never rises with the level across the measured
+// levels, and a safety margin is added.
 //
 // Guided (classifier-free guidance: two U-Net rows per image) and unguided batches are costed
 // apart: calibration measures guided batches; an unguided batch costs the guided estimate until
@@ -53,13 +55,17 @@ class CostModel {
   int64_t estimate_at(int64_t pixels, int64_t level_milli, int64_t images) const;
   int64_t estimate_unlocked(int64_t images, int64_t width, int64_t height, double level,
                             bool guided) const;
+  // Bytes at a measured size, before scaling and margin: an exact observation, else the table.
+  double base_estimate_unlocked(int64_t size, int64_t level_milli, int64_t images,
+                                bool guided) const;
 
   double margin_;
   mutable std::mutex mu_;
   // (pixels, level) -> images -> bytes
   std::map<Key, std::map<int64_t, double>> points_;
-  // Unguided observations: (pixels, level, images) -> bytes, at the guided table's sizes.
-  std::map<std::tuple<int64_t, int64_t, int64_t>, double> unguided_;
+  // Observations outside the calibrated table (unguided batches, levels calibration did not
+  // measure): (pixels, level in 1/1000, images, guided) -> bytes, at the table's sizes.
+  std::map<std::tuple<int64_t, int64_t, int64_t, bool>, double> observed_;
 };
 
 }  // namespace ldcp::server

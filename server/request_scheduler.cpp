@@ -4,11 +4,13 @@
 #include <cmath>
 #include <exception>
 #include <limits>
+#include <string_view>
 
 #include <boost/asio/post.hpp>
 
 #include "server/logging.h"
 #include "server/metrics.h"
+#include "server/scheduler_batch.h"
 
 namespace ldcp::server {
 
@@ -45,9 +47,13 @@ JobOutcome failure(Status status, std::string message) {
   return o;
 }
 
-int64_t images_of(const Job& job) { return std::max<int64_t>(1, job.params.num_images); }
-// Classifier-free guidance doubles the U-Net rows; costs are kept apart (cost_model.h).
-bool guided(const Job& job) { return job.params.guidance_scale > 1.0; }
+// The first line of an exception's message, bounded (c10::Error appends a backtrace).
+std::string first_line(const char* what, size_t max_chars = 300) {
+  std::string_view text(what ? what : "");
+  text = text.substr(0, text.find_first_of("\r\n"));
+  if (text.size() > max_chars) return std::string(text.substr(0, max_chars)) + "...";
+  return std::string(text);
+}
 
 // gRPC cancels a call (OnCancel) when its deadline passes, so a cancellation at (about) the
 // deadline is reported as DEADLINE_EXCEEDED.
@@ -57,18 +63,6 @@ bool deadline_passed(const Job& job, Clock::time_point now, bool cancelled) {
 }
 
 }  // namespace
-
-struct RequestScheduler::Batch {
-  std::vector<std::shared_ptr<Job>> jobs;
-  pruning::PruningSchedule schedule;
-  double level = 0;         // the schedule's highest level
-  double memory_level = 0;  // its least pruned step's, which sets the peak (costs are per level)
-  int64_t images = 0;
-  int64_t reserved = 0;
-  int64_t free_at_start = 0;
-  bool guided = true;
-  std::optional<LevelReason> reason;  // AUTO only
-};
 
 RequestScheduler::RequestScheduler(Engine& engine, MemoryBudget& budget, CostModel& costs,
                                    Metrics* metrics, SchedulerConfig config)
@@ -114,52 +108,16 @@ RequestScheduler::~RequestScheduler() {
   control_thread_.join();
 }
 
-namespace {
-
-// The level of a schedule's least pruned step: what its memory peak is costed at (a per-step
-// schedule peaks at its lowest level, not its highest).
-double peak_level(const pruning::PruningSchedule& schedule) {
-  switch (schedule.mode) {
-    case pruning::PruningSchedule::Mode::kOff:
-      return 0.0;
-    case pruning::PruningSchedule::Mode::kFixed:
-      return schedule.below_timestep ? 0.0 : schedule.level;
-    case pruning::PruningSchedule::Mode::kPerStep:
-      return schedule.per_step.empty()
-                 ? 0.0
-                 : *std::min_element(schedule.per_step.begin(), schedule.per_step.end());
-  }
-  return 0.0;
-}
-
-}  // namespace
-
-double RequestScheduler::allowed_max(const Job& job) const {
-  if (job.pruning.mode != PruningRequest::Mode::kAuto) return job.pruning.schedule.max_level();
-  const double cap = std::min(config_.max_level, job.pruning.max_level);
-  double best = 0.0;
-  for (double l : config_.levels) {
-    if (l <= cap + 1e-12) best = l;
-  }
-  return best;
-}
-
-int64_t RequestScheduler::job_cost_floor(const Job& job) const {
-  const double level = job.pruning.mode == PruningRequest::Mode::kAuto
-                           ? allowed_max(job)
-                           : peak_level(job.pruning.schedule);
-  return costs_.estimate(images_of(job), job.params.width, job.params.height, level, guided(job));
-}
-
-bool RequestScheduler::compatible(const Job& head, const Job& other) const {
-  const bool head_auto = head.pruning.mode == PruningRequest::Mode::kAuto;
-  const bool other_auto = other.pruning.mode == PruningRequest::Mode::kAuto;
-  if (head_auto != other_auto) return false;
-  return engine_.batchable(head.params, other.params);
-}
-
 void RequestScheduler::finish(const std::shared_ptr<Job>& job, JobOutcome&& outcome) {
-  if (job->on_done) job->on_done(std::move(outcome));
+  // A completion that throws (a metrics or logging failure) must not end the pool's thread,
+  // which would std::terminate the server and lose every other request.
+  try {
+    if (job->on_done) job->on_done(std::move(outcome));
+  } catch (const std::exception& e) {
+    log_error("a request's completion failed: " + first_line(e.what()));
+  } catch (...) {
+    log_error("a request's completion failed");
+  }
 }
 
 void RequestScheduler::submit(std::shared_ptr<Job> job) {
@@ -232,106 +190,6 @@ void RequestScheduler::sweep_locked(
     finished.back().second.queue_seconds = seconds_between(job->arrival, now);
     it = queue_.erase(it);
   }
-}
-
-double RequestScheduler::grid_level_below(double level, double floor) const {
-  double below = floor;
-  for (double l : config_.levels) {
-    if (l < level - 1e-12 && l >= floor) below = std::max(below, l);
-  }
-  return below;
-}
-
-double RequestScheduler::hysteresis(double best, double allowed,
-                                    const std::function<int64_t(double)>& cost, int64_t free) {
-  if (best >= sticky_level_) {
-    sticky_level_ = best;
-    down_streak_ = 0;
-    return best;
-  }
-  // The next grid level below the current one (but not below what fits best).
-  const double below = grid_level_below(sticky_level_, best);
-  const auto margin = static_cast<int64_t>(config_.hysteresis_fraction *
-                                           static_cast<double>(budget_.budget_bytes()));
-  if (cost(below) + margin <= free) {
-    ++down_streak_;
-  } else {
-    down_streak_ = 0;
-  }
-  if (down_streak_ >= config_.hysteresis_decisions) {
-    sticky_level_ = below;
-    down_streak_ = 0;
-  }
-  return std::max(best, std::min(sticky_level_, allowed));
-}
-
-std::optional<RequestScheduler::Batch> RequestScheduler::plan(
-    const std::vector<std::shared_ptr<Job>>& candidates, int64_t free) {
-  const Job& head = *candidates.front();
-  if (head.pruning.mode == PruningRequest::Mode::kAuto) return plan_auto(candidates, free);
-  const int64_t w = head.params.width, h = head.params.height;
-  for (size_t n = candidates.size(); n >= 1; --n) {
-    Batch b;
-    b.jobs.assign(candidates.begin(), candidates.begin() + static_cast<std::ptrdiff_t>(n));
-    for (const auto& j : b.jobs) b.images += images_of(*j);
-    b.free_at_start = free;
-    b.guided = guided(head);
-    b.schedule = head.pruning.schedule;
-    b.level = b.schedule.max_level();
-    b.memory_level = peak_level(b.schedule);
-    b.reserved = costs_.estimate(b.images, w, h, b.memory_level, b.guided);
-    if (b.reserved <= free) return b;
-  }
-  return std::nullopt;
-}
-
-std::optional<RequestScheduler::Batch> RequestScheduler::plan_auto(
-    const std::vector<std::shared_ptr<Job>>& candidates, int64_t free) {
-  const Job& head = *candidates.front();
-  const int64_t w = head.params.width, h = head.params.height;
-  const bool is_guided = guided(head);
-  // Every (batch prefix, level) that fits, within the levels all of its requests allow.
-  std::vector<AutoLevelPolicy::Option> fitting;
-  std::vector<double> allowed_of(candidates.size() + 1, 1.0), floor_of(candidates.size() + 1, 0);
-  int64_t images = 0;
-  for (size_t n = 1; n <= candidates.size(); ++n) {
-    const Job& j = *candidates[n - 1];
-    images += images_of(j);
-    allowed_of[n] = std::min(allowed_of[n - 1], allowed_max(j));
-    floor_of[n] = std::max(floor_of[n - 1], j.min_level);
-    for (double l : config_.levels) {
-      if (l > allowed_of[n] + 1e-12) break;
-      if (l + 1e-12 < floor_of[n]) continue;
-      if (costs_.estimate(images, w, h, l, is_guided) <= free) fitting.push_back({n, images, l});
-    }
-  }
-  int64_t queued_images = 0;
-  for (const auto& j : queue_) queued_images += images_of(*j);
-  const auto choice =
-      policy_.choose(fitting, allowed_of[1], head.params.steps, queued_images, Clock::now());
-  if (!choice) return std::nullopt;
-  const size_t n = choice->option.requests;
-  Batch b;
-  b.jobs.assign(candidates.begin(), candidates.begin() + static_cast<std::ptrdiff_t>(n));
-  b.images = choice->option.images;
-  b.free_at_start = free;
-  b.guided = is_guided;
-  auto cost = [&](double l) { return costs_.estimate(b.images, w, h, l, is_guided); };
-  if (floor_of[n] > 0) {
-    b.level = choice->option.level;  // an out-of-memory retry: no hysteresis
-    b.reason = LevelReason::kMemory;
-  } else {
-    if (choice->option.level >= sticky_level_) sticky_reason_ = choice->reason;
-    b.level = hysteresis(choice->option.level, allowed_of[n], cost, free);
-    // Held above the policy's choice by the hysteresis: what set the held level.
-    b.reason = b.level > choice->option.level + 1e-12 ? sticky_reason_ : choice->reason;
-  }
-  b.schedule =
-      b.level > 0 ? pruning::PruningSchedule::fixed(b.level) : pruning::PruningSchedule::off();
-  b.memory_level = b.level;
-  b.reserved = cost(b.level);
-  if (metrics_) metrics_->auto_level_decision(level_reason_name(*b.reason));
-  return b;
 }
 
 void RequestScheduler::dispatch() {
@@ -460,10 +318,20 @@ void RequestScheduler::execute(std::shared_ptr<Batch> batch) {
       if (job.on_step) job.on_step(info, batch->schedule.level_at(info.step, info.timestep));
       return true;
     };
+    // With --workers > 1 the measured peak is the process's: a batch that overlapped another
+    // measured both (and each start resets the peak), so only a batch that ran alone
+    // teaches the cost model and the throughput table.
+    const uint64_t epoch = ++run_epoch_;
+    const bool started_alone = engine_runs_.fetch_add(1) == 0;
+    struct RunningGuard {
+      std::atomic<int>& n;
+      ~RunningGuard() { n.fetch_sub(1); }
+    } running_guard{engine_runs_};
     try {
       const auto run_start = Clock::now();
       auto results = engine_.run(params, callback);
       const double run_seconds = seconds_between(run_start, Clock::now());
+      const bool ran_alone = started_alone && run_epoch_.load() == epoch;
       bool all_complete = true;
       for (size_t r = 0; r < results.size() && r < index.size(); ++r) {
         const size_t i = index[r];
@@ -481,7 +349,7 @@ void RequestScheduler::execute(std::shared_ptr<Batch> batch) {
         outcomes[i].level = level;
         outcomes[i].result = std::move(results[r]);
       }
-      if (all_complete && !results.empty()) {
+      if (all_complete && !results.empty() && ran_alone) {
         const auto& first = outcomes[index[0]].result;
         // On CUDA the reserved peak can exceed the allocated one (fragmentation): the cost is
         // what the batch took from the budget, so it includes that excess.
@@ -510,7 +378,7 @@ void RequestScheduler::execute(std::shared_ptr<Batch> batch) {
       costs_.observe_oom(batch->images, params[0].width, params[0].height, batch->memory_level,
                          batch->free_at_start, batch->guided);
       log_warn(strf("out of memory in a batch of %zu request(s) at level %.2f: %s", params.size(),
-                    batch->level, e.what()));
+                    batch->level, first_line(e.what()).c_str()));
       for (size_t i : index) {
         Job& job = *batch->jobs[i];
         double next = -1;
@@ -527,16 +395,22 @@ void RequestScheduler::execute(std::shared_ptr<Batch> batch) {
           job.min_level = next;
           retry.push_back(&job);
         } else {
-          outcomes[i] = failure(Status::kResourceExhausted,
-                                "out of memory at pruning level " + level_label(batch->level) +
-                                    (job.retried ? " after a retry" : "") + ": " + e.what());
+          outcomes[i] =
+              failure(Status::kResourceExhausted,
+                      "out of memory at pruning level " + level_label(batch->level) +
+                          (job.retried ? " after a retry" : "") + ": " + first_line(e.what()));
         }
       }
     } catch (const std::invalid_argument& e) {
-      for (size_t i : index) outcomes[i] = failure(Status::kInvalidArgument, e.what());
+      for (size_t i : index) outcomes[i] = failure(Status::kInvalidArgument, first_line(e.what()));
     } catch (const std::exception& e) {
-      log_error(std::string("batch failed: ") + e.what());
-      for (size_t i : index) outcomes[i] = failure(Status::kInternal, e.what());
+      // libtorch's messages carry a native backtrace with paths and addresses: the log gets the
+      // first line, the client a plain statement.
+      log_error("batch failed: " + first_line(e.what()));
+      for (size_t i : index) {
+        outcomes[i] = failure(Status::kInternal,
+                              "the model failed on this batch; the server log has the reason");
+      }
     }
   }
 
@@ -614,17 +488,26 @@ void RequestScheduler::decay_when_idle_locked() {
 }
 
 void RequestScheduler::arm_sweep() {
-  if (metrics_) metrics_->set_memory(budget_.in_use_bytes(), budget_.budget_bytes());
+  // Reading the device's memory can throw (a CUDA error): the sweep logs it and keeps going.
+  try {
+    if (metrics_) metrics_->set_memory(budget_.in_use_bytes(), budget_.budget_bytes());
+  } catch (const std::exception& e) {
+    log_error("reading the device memory failed: " + first_line(e.what()));
+  }
   sweep_timer_.expires_after(config_.sweep_interval);
   sweep_timer_.async_wait([this](const boost::system::error_code& ec) {
     if (ec) return;
-    bool any;
-    {
-      std::lock_guard lock(mu_);
-      any = !queue_.empty();
-      decay_when_idle_locked();
+    try {
+      bool any;
+      {
+        std::lock_guard lock(mu_);
+        any = !queue_.empty();
+        decay_when_idle_locked();
+      }
+      if (any) dispatch();
+    } catch (const std::exception& e) {
+      log_error("the scheduler's sweep failed: " + first_line(e.what()));
     }
-    if (any) dispatch();
     arm_sweep();
   });
 }

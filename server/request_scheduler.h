@@ -201,6 +201,8 @@ class RequestScheduler {
   std::atomic<bool> aborting_{false};
   std::string abort_reason_;
   AutoLevelPolicy policy_;
+  std::atomic<uint64_t> run_epoch_{0};  // engine runs started
+  std::atomic<int> engine_runs_{0};  // batches inside engine_.run() now
   double sticky_level_ = 0;
   LevelReason sticky_reason_ = LevelReason::kNone;
   int down_streak_ = 0;

@@ -2,10 +2,13 @@
 // A fake engine for the scheduler's unit tests: memory cost per batch and step timing under test
 // control, measured memory = external (test-set) + the cost of the running batches.
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <functional>
 #include <mutex>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -27,6 +30,11 @@ class FakeEngine : public Engine {
   std::atomic<bool> hold{false};            // running batches wait before each step while set
   std::atomic<int64_t> external{1000};      // measured bytes not from batches (weights, others)
   std::atomic<double> oom_below_level{-1};  // run() throws OutOfMemory below this level
+  // When set, run() throws std::runtime_error with this message (e.g. one with a backtrace).
+  std::string fail_with;
+  // Peaks as the real meter reports them with --workers > 1: the process's peak over the run
+  // (every batch running at the time), not this batch's own.
+  bool process_wide_peaks = false;
 
   struct Run {
     std::vector<pipelines::GenerationParams> requests;
@@ -61,8 +69,9 @@ class FakeEngine : public Engine {
     }
     ++started;
     if (level < oom_below_level) throw OutOfMemory("fake: out of memory");
+    if (!fail_with.empty()) throw std::runtime_error(fail_with);
     const int64_t bytes = cost(images, level);
-    running_ += bytes;
+    int64_t peak_running = (running_ += bytes);
     std::vector<pipelines::GenerationResult> out(requests.size());
     std::vector<bool> active(requests.size(), true);
     const int64_t steps = requests[0].steps;
@@ -70,6 +79,7 @@ class FakeEngine : public Engine {
     for (int64_t s = 0; s < steps; ++s) {
       while (hold) std::this_thread::sleep_for(std::chrono::milliseconds(1));
       std::this_thread::sleep_for(step_time_at ? step_time_at(level) : step_time);
+      peak_running = std::max<int64_t>(peak_running, running_);
       for (size_t i = 0; i < requests.size(); ++i) {
         if (!active[i]) continue;
         const double t = 1000.0 - static_cast<double>(s);
@@ -86,8 +96,9 @@ class FakeEngine : public Engine {
     for (size_t i = 0; i < requests.size(); ++i) {
       if (!active[i]) continue;
       out[i].images = at::full({requests[i].num_images, 8, 8, 3}, 0.5);
-      out[i].peak_memory_bytes = external + bytes;
-      out[i].peak_memory_above_weights_bytes = bytes;
+      const int64_t measured = process_wide_peaks ? peak_running : bytes;
+      out[i].peak_memory_bytes = external + measured;
+      out[i].peak_memory_above_weights_bytes = measured;
       out[i].pruned_flops_fraction = level;
     }
     return out;

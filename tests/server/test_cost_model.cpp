@@ -8,7 +8,7 @@
 namespace ldcp::server {
 namespace {
 
-TEST(CostModel, InterpolatesLevelsImagesAndSizes) {
+TEST(CostModel, InterpolatesImagesAndSizes) {
   CostModel m(0.0);
   m.add_measurement(1, 64, 64, 0.0, 1000);
   m.add_measurement(2, 64, 64, 0.0, 1800);
@@ -16,13 +16,28 @@ TEST(CostModel, InterpolatesLevelsImagesAndSizes) {
   m.add_measurement(2, 64, 64, 0.5, 1000);
   EXPECT_EQ(m.estimate(1, 64, 64, 0.0), 1000);
   EXPECT_EQ(m.estimate(3, 64, 64, 0.0), 2600);   // 200 + 800 per image
-  EXPECT_EQ(m.estimate(1, 64, 64, 0.25), 800);   // halfway between levels
+  EXPECT_EQ(m.estimate(1, 64, 64, 0.25), 1000);  // between levels: the level below
   EXPECT_EQ(m.estimate(1, 64, 64, 0.9), 600);    // above the top level: its cost
   EXPECT_EQ(m.estimate(1, 128, 64, 0.0), 2000);  // twice the pixels
   CostModel margin(0.1);
   margin.add_measurement(1, 64, 64, 0.0, 1000);
   EXPECT_EQ(margin.estimate(1, 64, 64, 0.0), 1100);
   EXPECT_EQ(margin.estimate(2, 64, 64, 0.0), 2200);  // proportional with one count
+}
+
+TEST(CostModel, ALevelCalibrationDidNotMeasureCostsTheLevelBelowUntilObserved) {
+  CostModel m(0.0);
+  for (double level : {0.35, 0.7}) {
+    m.add_measurement(3, 64, 64, level, level < 0.5 ? 3000 : 2000);
+  }
+  // Interpolation would say 2857 at 0.40; the served batch below measured 2950: an overrun.
+  EXPECT_EQ(m.estimate(3, 64, 64, 0.40), 3000);
+  m.observe(3, 64, 64, 0.40, 2950);  // an exact entry, down a quarter from what it was costed at
+  EXPECT_EQ(m.estimate(3, 64, 64, 0.40), 2988);
+  EXPECT_EQ(m.estimate(3, 64, 64, 0.35), 3000);  // the calibrated levels are untouched
+  EXPECT_EQ(m.estimate(3, 64, 64, 0.50), 3000);
+  m.observe(3, 64, 64, 0.40, 3300);  // underestimated: raised at once
+  EXPECT_EQ(m.estimate(3, 64, 64, 0.40), 3300);
 }
 
 TEST(CostModel, NeverRisesWithTheLevel) {

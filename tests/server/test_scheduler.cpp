@@ -9,96 +9,13 @@
 
 #include <gtest/gtest.h>
 
-#include "server/calibration.h"
-#include "server/cost_model.h"
-#include "server/memory_budget.h"
-#include "server/metrics.h"
-#include "server/request_scheduler.h"
-#include "tests/server/fake_engine.h"
+#include "tests/server/scheduler_fixture.h"
 
 namespace ldcp::server {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::FakeEngine;
-
-// Budget 10000 bytes, 1000 in use at idle: 9000 for batches. Cost: images x 4000 x (1 - level).
-struct Fixture {
-  explicit Fixture(SchedulerConfig config = base_config(), int64_t budget_bytes = 10000)
-      : budget(budget_bytes, 0, [this] { return engine.memory(); }), costs(0.0) {
-    CalibrationPlan plan;
-    plan.sizes = {{64, 64}};
-    plan.levels = {0.0, 0.25, 0.5, 0.75};
-    plan.batch_sizes = {1, 2};
-    plan.steps = 1;
-    calibrate(engine, costs, plan);
-    budget.set_baseline(1000);
-    engine.started = 0;  // count the scheduler's runs only
-    scheduler = std::make_unique<RequestScheduler>(engine, budget, costs, &metrics, config);
-  }
-  static SchedulerConfig base_config() {
-    SchedulerConfig c;
-    c.levels = {0.0, 0.25, 0.5, 0.75};
-    c.max_level = 0.75;
-    c.max_batch = 1;
-    c.batch_window = 0ms;
-    c.hysteresis_decisions = 3;
-    c.hysteresis_fraction = 0.05;
-    c.max_queue = 8;
-    return c;
-  }
-
-  FakeEngine engine;
-  MemoryBudget budget;
-  CostModel costs;
-  Metrics metrics;
-  std::unique_ptr<RequestScheduler> scheduler;
-};
-
-struct Submitted {
-  std::shared_ptr<Job> job;
-  std::future<JobOutcome> done;
-};
-
-Submitted submit(RequestScheduler& s, int64_t size = 64, int priority = 0,
-                 PruningRequest pruning = {}, int64_t steps = 3, int64_t images = 1) {
-  auto job = std::make_shared<Job>();
-  job->params.width = job->params.height = size;
-  job->params.steps = steps;
-  job->params.num_images = images;
-  job->params.sampler = "euler";
-  job->pruning = pruning;
-  if (pruning.mode != PruningRequest::Mode::kAuto) job->params.pruning = pruning.schedule;
-  job->priority = priority;
-  auto promise = std::make_shared<std::promise<JobOutcome>>();
-  job->on_done = [promise](JobOutcome&& o) { promise->set_value(std::move(o)); };
-  Submitted out{job, promise->get_future()};
-  s.submit(job);
-  return out;
-}
-
-JobOutcome wait(Submitted& s) {
-  EXPECT_EQ(s.done.wait_for(10s), std::future_status::ready);
-  return s.done.get();
-}
-
-PruningRequest fixed(double level) {
-  PruningRequest p;
-  p.mode = PruningRequest::Mode::kFixed;
-  p.schedule = level > 0 ? pruning::PruningSchedule::fixed(level) : pruning::PruningSchedule::off();
-  return p;
-}
-
-PruningRequest auto_max(double max_level) {
-  PruningRequest p;
-  p.max_level = max_level;
-  return p;
-}
-
-void wait_started(FakeEngine& e, int n) {
-  for (int i = 0; i < 2000 && e.started < n; ++i) std::this_thread::sleep_for(1ms);
-  ASSERT_GE(e.started, n);
-}
+using namespace testing;
 
 TEST(Scheduler, IdleServerRunsAutoAtLevelZero) {
   Fixture f;
@@ -441,92 +358,6 @@ TEST(Scheduler, BudgetOverrunIsCountedAndTheCostRaised) {
   auto next = submit(*f.scheduler, 64, 0, fixed(0.0));
   EXPECT_EQ(wait(next).status, Status::kResourceExhausted);
   EXPECT_EQ(f.metrics.budget_overruns(), 1u);
-}
-
-// The least pruning that keeps up: memory is plentiful, pruning only makes steps faster.
-// Steps of 60 / 25 / 8 ms at levels 0 / 0.35 / 0.7 and 2 steps per request: ~8, 20 and ~62
-// images/s (wide gaps: the machine running the tests may be busy).
-struct ThroughputFixture {
-  ThroughputFixture() : budget(1 << 30, 0, [this] { return engine.memory(); }), costs(0.0) {
-    engine.step_time_at = [](double level) {
-      return level >= 0.7 ? 8ms : level >= 0.35 ? 25ms : 60ms;
-    };
-    CalibrationPlan plan;
-    plan.sizes = {{64, 64}};
-    plan.levels = {0.0, 0.35, 0.7};
-    plan.batch_sizes = {1};
-    plan.steps = 1;
-    std::vector<CalibrationRun> runs;
-    calibrate(engine, costs, plan, &runs);
-    budget.set_baseline(1000);
-    SchedulerConfig c = Fixture::base_config();
-    c.levels = {0.0, 0.35, 0.7};
-    c.max_level = 0.7;
-    c.max_queue = 256;
-    c.auto_policy.rate_window = 2000ms;
-    c.auto_policy.drain_seconds = 2;
-    scheduler = std::make_unique<RequestScheduler>(engine, budget, costs, &metrics, c);
-    for (const auto& run : runs) {
-      scheduler->auto_policy().record_batch(run.level, run.images, run.steps, run.seconds);
-    }
-  }
-  // Requests at a steady rate for `duration`; the outcomes in arrival order.
-  std::vector<JobOutcome> load(double per_second, std::chrono::milliseconds duration) {
-    std::vector<Submitted> sent;
-    const auto interval = std::chrono::duration_cast<Clock::duration>(
-        std::chrono::duration<double>(1.0 / per_second));
-    const auto start = Clock::now();
-    for (auto next = start; next < start + duration; next += interval) {
-      std::this_thread::sleep_until(next);
-      sent.push_back(submit(*scheduler, 64, 0, {}, 2));
-    }
-    std::vector<JobOutcome> out;
-    for (auto& s : sent) {
-      EXPECT_EQ(s.done.wait_for(30s), std::future_status::ready);
-      out.push_back(s.done.get());
-    }
-    return out;
-  }
-  // The median level of the last third (after the start-up transient).
-  static double settled_level(const std::vector<JobOutcome>& outcomes) {
-    std::vector<double> levels;
-    for (size_t i = outcomes.size() * 2 / 3; i < outcomes.size(); ++i) {
-      levels.push_back(outcomes[i].level);
-    }
-    std::sort(levels.begin(), levels.end());
-    return levels.empty() ? -1 : levels[levels.size() / 2];
-  }
-
-  FakeEngine engine;
-  MemoryBudget budget;
-  CostModel costs;
-  Metrics metrics;
-  std::unique_ptr<RequestScheduler> scheduler;
-};
-
-TEST(AutoLevelPolicy, IdleQueueRunsAtLevelZero) {
-  ThroughputFixture f;
-  auto r = submit(*f.scheduler, 64, 0, {}, 2);
-  auto o = wait(r);
-  ASSERT_EQ(o.status, Status::kOk) << o.message;
-  EXPECT_EQ(o.level, 0.0);
-  EXPECT_STREQ(o.level_reason, "none");
-}
-
-TEST(AutoLevelPolicy, ARateThatLevel035CanServeSettlesAtOrBelow035) {
-  ThroughputFixture f;
-  const auto outcomes = f.load(12, 3000ms);  // level 0 serves ~8/s, 0.35 20/s
-  for (const auto& o : outcomes) ASSERT_EQ(o.status, Status::kOk) << o.message;
-  EXPECT_LE(ThroughputFixture::settled_level(outcomes), 0.35);
-  EXPECT_GT(ThroughputFixture::settled_level(outcomes), 0.0);  // level 0 would fall behind
-}
-
-TEST(AutoLevelPolicy, ARateOnlyLevel07CanServeGoesTo07) {
-  ThroughputFixture f;
-  const auto outcomes = f.load(35, 3000ms);  // 0.35 serves 20/s, 0.7 ~62/s
-  for (const auto& o : outcomes) ASSERT_EQ(o.status, Status::kOk) << o.message;
-  EXPECT_DOUBLE_EQ(ThroughputFixture::settled_level(outcomes), 0.7);
-  EXPECT_STRNE(outcomes.back().level_reason, "memory");
 }
 
 TEST(Scheduler, DrainRejectsNewWorkAndFinishesRunning) {

@@ -1,0 +1,115 @@
+// AUTO's level choice (auto_level_policy.h) through the scheduler and a fake engine whose step
+// time falls with the level: the least pruning that keeps up with the arrivals.
+
+#include "server/auto_level_policy.h"
+#include "tests/server/scheduler_fixture.h"
+
+namespace ldcp::server {
+namespace {
+
+using namespace std::chrono_literals;
+using namespace testing;
+
+// The least pruning that keeps up: memory is plentiful, pruning only makes steps faster.
+// Steps of 60 / 25 / 8 ms at levels 0 / 0.35 / 0.7 and 2 steps per request: ~8, 20 and ~62
+// images/s (wide gaps: the machine running the tests may be busy).
+struct ThroughputFixture {
+  ThroughputFixture() : budget(1 << 30, 0, [this] { return engine.memory(); }), costs(0.0) {
+    engine.step_time_at = [](double level) {
+      return level >= 0.7 ? 8ms : level >= 0.35 ? 25ms : 60ms;
+    };
+    CalibrationPlan plan;
+    plan.sizes = {{64, 64}};
+    plan.levels = {0.0, 0.35, 0.7};
+    plan.batch_sizes = {1};
+    plan.steps = 1;
+    std::vector<CalibrationRun> runs;
+    calibrate(engine, costs, plan, &runs);
+    budget.set_baseline(1000);
+    SchedulerConfig c = Fixture::base_config();
+    c.levels = {0.0, 0.35, 0.7};
+    c.max_level = 0.7;
+    c.max_queue = 256;
+    c.auto_policy.rate_window = 2000ms;
+    c.auto_policy.drain_seconds = 2;
+    scheduler = std::make_unique<RequestScheduler>(engine, budget, costs, &metrics, c);
+    for (const auto& run : runs) {
+      scheduler->auto_policy().record_batch(run.level, run.images, run.steps, run.seconds);
+    }
+  }
+  // Requests at a steady rate for `duration`; the outcomes in arrival order.
+  std::vector<JobOutcome> load(double per_second, std::chrono::milliseconds duration) {
+    std::vector<Submitted> sent;
+    const auto interval = std::chrono::duration_cast<Clock::duration>(
+        std::chrono::duration<double>(1.0 / per_second));
+    const auto start = Clock::now();
+    for (auto next = start; next < start + duration; next += interval) {
+      std::this_thread::sleep_until(next);
+      sent.push_back(submit(*scheduler, 64, 0, {}, 2));
+    }
+    std::vector<JobOutcome> out;
+    for (auto& s : sent) {
+      EXPECT_EQ(s.done.wait_for(30s), std::future_status::ready);
+      out.push_back(s.done.get());
+    }
+    return out;
+  }
+  // The median level of the last third (after the start-up transient).
+  static double settled_level(const std::vector<JobOutcome>& outcomes) {
+    std::vector<double> levels;
+    for (size_t i = outcomes.size() * 2 / 3; i < outcomes.size(); ++i) {
+      levels.push_back(outcomes[i].level);
+    }
+    std::sort(levels.begin(), levels.end());
+    return levels.empty() ? -1 : levels[levels.size() / 2];
+  }
+
+  FakeEngine engine;
+  MemoryBudget budget;
+  CostModel costs;
+  Metrics metrics;
+  std::unique_ptr<RequestScheduler> scheduler;
+};
+
+TEST(AutoLevelPolicy, ArrivalRateIsZeroForALoneRequestAndTheRateOfASteadyStream) {
+  AutoLevelConfig config;
+  config.rate_window = 2000ms;
+  AutoLevelPolicy policy(config);
+  const auto t0 = AutoLevelPolicy::Clock::now();
+  EXPECT_EQ(policy.arrival_rate(t0), 0.0);
+  policy.record_arrival(1, t0);
+  EXPECT_EQ(policy.arrival_rate(t0), 0.0);  // an idle server's first request is not load
+  EXPECT_EQ(policy.arrival_rate(t0 + 500ms), 0.0);
+  for (int i = 1; i <= 10; ++i) policy.record_arrival(1, t0 + i * 100ms);  // 10 per second
+  EXPECT_NEAR(policy.arrival_rate(t0 + 1000ms), 10.0, 1e-9);
+  // The window forgets: one second later only the last arrivals count.
+  EXPECT_NEAR(policy.arrival_rate(t0 + 2900ms), 1.0 / 2.0, 1e-9);  // one after t0+0.9 s
+}
+
+TEST(AutoLevelPolicy, IdleQueueRunsAtLevelZero) {
+  ThroughputFixture f;
+  auto r = submit(*f.scheduler, 64, 0, {}, 2);
+  auto o = wait(r);
+  ASSERT_EQ(o.status, Status::kOk) << o.message;
+  EXPECT_EQ(o.level, 0.0);
+  EXPECT_STREQ(o.level_reason, "none");
+}
+
+TEST(AutoLevelPolicy, ARateThatLevel035CanServeSettlesAtOrBelow035) {
+  ThroughputFixture f;
+  const auto outcomes = f.load(12, 3000ms);  // level 0 serves ~8/s, 0.35 20/s
+  for (const auto& o : outcomes) ASSERT_EQ(o.status, Status::kOk) << o.message;
+  EXPECT_LE(ThroughputFixture::settled_level(outcomes), 0.35);
+  EXPECT_GT(ThroughputFixture::settled_level(outcomes), 0.0);  // level 0 would fall behind
+}
+
+TEST(AutoLevelPolicy, ARateOnlyLevel07CanServeGoesTo07) {
+  ThroughputFixture f;
+  const auto outcomes = f.load(35, 3000ms);  // 0.35 serves 20/s, 0.7 ~62/s
+  for (const auto& o : outcomes) ASSERT_EQ(o.status, Status::kOk) << o.message;
+  EXPECT_DOUBLE_EQ(ThroughputFixture::settled_level(outcomes), 0.7);
+  EXPECT_STRNE(outcomes.back().level_reason, "memory");
+}
+
+}  // namespace
+}  // namespace ldcp::server
