@@ -4,16 +4,22 @@
 // `generate` streams progress (a bar on a terminal) from GenerateStream, or calls the unary
 // Generate with --unary. Errors print the gRPC status and message and exit non-zero (the exit
 // code is 10 + the gRPC status code). Retries on UNAVAILABLE with backoff (service config).
+// TLS: --tls (system roots) or --tls-ca; mutual TLS adds --tls-cert and --tls-key; a bearer token
+// comes from --token-file or $LDCP_TOKEN (never from the command line, which others can read).
 
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <optional>
 #include <sstream>
+#include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
@@ -72,9 +78,80 @@ int fail(const grpc::Status& s) {
   return 10 + static_cast<int>(s.error_code());
 }
 
-std::shared_ptr<grpc::Channel> make_channel(const std::string& target, int64_t max_bytes,
-                                            bool retries) {
+// How to reach the server: transport security and the bearer token.
+struct Connection {
+  std::string target = "127.0.0.1:50051";
+  bool tls = false;
+  std::string tls_ca, tls_cert, tls_key, tls_server_name, token_file;
+};
+
+void add_connection_options(CLI::App* cmd, Connection& c) {
+  cmd->add_option("--target", c.target, "Server address")
+      ->envname("LDCP_TARGET")
+      ->capture_default_str();
+  cmd->add_flag("--tls", c.tls, "Use TLS, verifying the server against the system's CAs")
+      ->envname("LDCP_TLS");
+  cmd->add_option("--tls-ca", c.tls_ca, "PEM CA bundle to verify the server with (implies --tls)")
+      ->envname("LDCP_TLS_CA");
+  cmd->add_option("--tls-cert", c.tls_cert, "PEM client certificate, for mutual TLS")
+      ->envname("LDCP_TLS_CERT");
+  cmd->add_option("--tls-key", c.tls_key, "PEM private key of --tls-cert")
+      ->envname("LDCP_TLS_KEY");
+  cmd->add_option("--tls-server-name", c.tls_server_name,
+                  "Name to verify the server certificate against (default: the target's host)")
+      ->envname("LDCP_TLS_SERVER_NAME");
+  cmd->add_option("--token-file", c.token_file,
+                  "File whose first line is the bearer token (else $LDCP_TOKEN, if set)")
+      ->envname("LDCP_TOKEN_FILE");
+}
+
+std::optional<std::string> read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return std::nullopt;
+  std::ostringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+// Throws std::invalid_argument naming the option.
+std::shared_ptr<grpc::ChannelCredentials> channel_credentials(const Connection& c) {
+  if (c.tls_cert.empty() != c.tls_key.empty()) {
+    throw std::invalid_argument("--tls-cert and --tls-key: give both or neither");
+  }
+  if (!c.tls && c.tls_ca.empty() && c.tls_cert.empty()) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions o;
+  for (auto [option, path, out] : {std::tuple{"--tls-ca", &c.tls_ca, &o.pem_root_certs},
+                                   std::tuple{"--tls-cert", &c.tls_cert, &o.pem_cert_chain},
+                                   std::tuple{"--tls-key", &c.tls_key, &o.pem_private_key}}) {
+    if (path->empty()) continue;
+    auto text = read_file(*path);
+    if (!text) throw std::invalid_argument(std::string(option) + ": cannot read " + *path);
+    *out = std::move(*text);
+  }
+  return grpc::SslCredentials(o);
+}
+
+// The token, trimmed, or empty. Throws std::invalid_argument when --token-file is unreadable.
+std::string bearer_token(const Connection& c) {
+  std::string token;
+  if (!c.token_file.empty()) {
+    auto text = read_file(c.token_file);
+    if (!text) throw std::invalid_argument("--token-file: cannot read " + c.token_file);
+    token = text->substr(0, text->find('\n'));
+  } else if (const char* env = std::getenv("LDCP_TOKEN")) {
+    token = env;
+  }
+  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+  return token;
+}
+
+void authorize(grpc::ClientContext& ctx, const std::string& token) {
+  if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
+}
+
+std::shared_ptr<grpc::Channel> make_channel(const Connection& c, int64_t max_bytes, bool retries) {
   grpc::ChannelArguments args;
+  if (!c.tls_server_name.empty()) args.SetSslTargetNameOverride(c.tls_server_name);
   args.SetMaxReceiveMessageSize(static_cast<int>(max_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(max_bytes));
   if (retries) {
@@ -82,7 +159,7 @@ std::shared_ptr<grpc::Channel> make_channel(const std::string& target, int64_t m
   } else {
     args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
   }
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  return grpc::CreateCustomChannel(c.target, channel_credentials(c), args);
 }
 
 std::vector<double> parse_list(const std::string& text) {
@@ -116,7 +193,7 @@ bool write_file(const std::filesystem::path& path, const std::string& bytes) {
 }
 
 struct GenerateOptions {
-  std::string target = "127.0.0.1:50051";
+  Connection connection;
   std::string out = "out.png";
   std::string prompt, negative_prompt, sampler, request_id, pruning = "auto", per_step_levels;
   uint32_t width = 0, height = 0, steps = 0, num_images = 0, preview_every = 0;
@@ -160,9 +237,18 @@ int generate(const GenerateOptions& o) {
     return 2;
   }
 
-  auto stub =
-      ldcp::v1::ImageGeneration::NewStub(make_channel(o.target, o.max_message_bytes, !o.no_retry));
+  std::shared_ptr<grpc::Channel> channel;
+  std::string token;
+  try {
+    channel = make_channel(o.connection, o.max_message_bytes, !o.no_retry);
+    token = bearer_token(o.connection);
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "ldcp-client: " << e.what() << "\n";
+    return 2;
+  }
+  auto stub = ldcp::v1::ImageGeneration::NewStub(channel);
   grpc::ClientContext ctx;
+  authorize(ctx, token);
   ctx.set_deadline(std::chrono::system_clock::now() +
                    std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000)));
   ldcp::v1::GenerateResponse result;
@@ -222,8 +308,15 @@ int generate(const GenerateOptions& o) {
   return 0;
 }
 
-int health(const std::string& target, const std::string& service, double timeout_s) {
-  auto stub = grpc::health::v1::Health::NewStub(make_channel(target, 4 << 20, false));
+int health(const Connection& connection, const std::string& service, double timeout_s) {
+  std::shared_ptr<grpc::Channel> channel;
+  try {
+    channel = make_channel(connection, 4 << 20, false);
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "ldcp-client: " << e.what() << "\n";
+    return 2;
+  }
+  auto stub = grpc::health::v1::Health::NewStub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() +
                    std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
@@ -244,9 +337,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   GenerateOptions g;
   auto* gen = app.add_subcommand("generate", "Generate images (progress from GenerateStream)");
-  gen->add_option("--target", g.target, "Server address")
-      ->envname("LDCP_TARGET")
-      ->capture_default_str();
+  add_connection_options(gen, g.connection);
   gen->add_option("--prompt", g.prompt, "Prompt")->required();
   gen->add_option("--negative-prompt", g.negative_prompt, "Negative prompt");
   gen->add_option("--out", g.out, "Output PNG (several images: FILE-0.png, FILE-1.png, ...)")
@@ -281,18 +372,17 @@ int main(int argc, char** argv) {
   gen->add_flag("--no-retry", g.no_retry, "Do not retry UNAVAILABLE");
   gen->add_flag("--quiet", g.quiet, "No progress output");
 
-  std::string h_target = "127.0.0.1:50051", h_service;
+  Connection h_connection;
+  std::string h_service;
   double h_timeout = 5;
   auto* hc = app.add_subcommand("health",
                                 "grpc.health.v1 Check: prints the status, exit 0 "
                                 "when SERVING");
-  hc->add_option("--target", h_target, "Server address")
-      ->envname("LDCP_TARGET")
-      ->capture_default_str();
+  add_connection_options(hc, h_connection);
   hc->add_option("--service", h_service, "Service name (empty: the whole server)");
   hc->add_option("--timeout", h_timeout, "Deadline in seconds")->capture_default_str();
 
   CLI11_PARSE(app, argc, argv);
   if (gen->parsed()) return generate(g);
-  return health(h_target, h_service, h_timeout);
+  return health(h_connection, h_service, h_timeout);
 }

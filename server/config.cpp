@@ -45,7 +45,8 @@ void add_options(CLI::App& app, ServerConfig& c) {
       ->envname(env("METRICS_LISTEN"))
       ->capture_default_str();
   app.add_option("--max-message-bytes", c.max_message_bytes,
-                 "Largest gRPC message sent or received (image payloads)")
+                 "Largest gRPC message sent (responses carry the images; requests are bounded by "
+                 "--max-receive-bytes)")
       ->envname(env("MAX_MESSAGE_BYTES"))
       ->capture_default_str();
 
@@ -144,6 +145,118 @@ void add_options(CLI::App& app, ServerConfig& c) {
   app.add_option("--default-sampler", c.default_sampler, "Sampler when a request names none")
       ->envname(env("DEFAULT_SAMPLER"))
       ->capture_default_str();
+
+  // Security: TLS/mTLS (server/credentials.h) and bearer tokens (server/auth.h).
+  app.add_option("--tls-cert", c.tls_cert,
+                 "PEM certificate chain for TLS on --listen (with --tls-key; re-read when the file "
+                 "changes). Default: plaintext")
+      ->envname(env("TLS_CERT"));
+  app.add_option("--tls-key", c.tls_key, "PEM private key of --tls-cert")->envname(env("TLS_KEY"));
+  app.add_option("--tls-client-ca", c.tls_client_ca,
+                 "PEM CA bundle: require client certificates signed by it (mutual TLS)")
+      ->envname(env("TLS_CLIENT_CA"));
+  app.add_option("--tls-refresh", c.tls_refresh_s,
+                 "Seconds between checks of the TLS files for new certificates")
+      ->envname(env("TLS_REFRESH"))
+      ->check(CLI::Range(int64_t{1}, int64_t{86400}))
+      ->capture_default_str();
+  app.add_option("--health-listen", c.health_listen,
+                 "Also serve grpc.health.v1 alone, plaintext, on this address (host:port), for "
+                 "probes that cannot speak TLS (the kubelet's). Default: none")
+      ->envname(env("HEALTH_LISTEN"));
+  app.add_option("--auth-tokens-file", c.auth_tokens_file,
+                 "Clients and the SHA-256 of their bearer tokens, one per line: NAME SHA256 "
+                 "[max_priority=N max_in_flight=N max_queued=N methods=.. pruning=..] (README, "
+                 "Security). Re-read when it changes. Default: no authentication")
+      ->envname(env("AUTH_TOKENS_FILE"));
+  app.add_option("--auth-refresh", c.auth_refresh_s,
+                 "Seconds between checks of --auth-tokens-file for changes (0: never)")
+      ->envname(env("AUTH_REFRESH"))
+      ->check(CLI::Range(0.0, 86400.0))
+      ->capture_default_str();
+  app.add_option("--reflection", c.reflection,
+                 "Serve gRPC server reflection (unauthenticated: it lists the services)")
+      ->envname(env("REFLECTION"))
+      ->capture_default_str();
+
+  // Bounds on one client's requests and connections (README: Security, Bounds).
+  app.add_option("--max-request-id-bytes", c.max_request_id_bytes,
+                 "Longest request_id accepted (bytes)")
+      ->envname(env("MAX_REQUEST_ID_BYTES"))
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}))
+      ->capture_default_str();
+  app.add_option("--max-request-work", c.max_request_work,
+                 "Most work one request may ask for: width x height x images x steps, doubled "
+                 "when guided (guidance scale > 1); default 4x a 512x512, 1-image, 50-step guided "
+                 "request (0: no bound)")
+      ->envname(env("MAX_REQUEST_WORK"))
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--max-deadline", c.max_deadline_s,
+                 "Seconds a request may take from its arrival: requests without a deadline get "
+                 "it, longer deadlines are cut to it (0: no bound)")
+      ->envname(env("MAX_DEADLINE"))
+      ->check(CLI::Range(0.0, 86400.0))
+      ->capture_default_str();
+  app.add_option("--max-receive-bytes", c.max_receive_bytes,
+                 "Largest request message accepted (a valid GenerateRequest is under 10 KB)")
+      ->envname(env("MAX_RECEIVE_BYTES"))
+      ->check(CLI::Range(int64_t{1024}, int64_t{1} << 30))
+      ->capture_default_str();
+  app.add_option("--max-concurrent-streams", c.max_concurrent_streams,
+                 "Calls open at once on one HTTP/2 connection (GRPC_ARG_MAX_CONCURRENT_STREAMS)")
+      ->envname(env("MAX_CONCURRENT_STREAMS"))
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
+      ->capture_default_str();
+  app.add_option("--grpc-memory-quota", c.grpc_memory_quota,
+                 "Memory gRPC may use for its buffers across all connections (its resource "
+                 "quota; bytes or e.g. 512MiB)")
+      ->envname(env("GRPC_MEMORY_QUOTA"))
+      ->capture_default_str();
+  app.add_option("--min-ping-interval", c.min_ping_interval_s,
+                 "Seconds a client must leave between keepalive pings; pings sooner count as "
+                 "strikes (GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS)")
+      ->envname(env("MIN_PING_INTERVAL"))
+      ->check(CLI::Range(0.0, 86400.0))
+      ->capture_default_str();
+  app.add_option("--max-ping-strikes", c.max_ping_strikes,
+                 "Pings too soon before the connection is closed (GOAWAY too_many_pings; "
+                 "GRPC_ARG_HTTP2_MAX_PING_STRIKES; 0: never closed)")
+      ->envname(env("MAX_PING_STRIKES"))
+      ->check(CLI::Range(int64_t{0}, int64_t{1000}))
+      ->capture_default_str();
+  app.add_option("--max-connection-age", c.max_connection_age_s,
+                 "Seconds after which a connection is asked to go away (GOAWAY, +-10% jitter), so "
+                 "clients reconnect and balance across new replicas (0: never)")
+      ->envname(env("MAX_CONNECTION_AGE"))
+      ->check(CLI::Range(0.0, 30.0 * 86400))
+      ->capture_default_str();
+  app.add_option("--max-connection-age-grace", c.max_connection_age_grace_s,
+                 "Seconds the calls still open on such a connection get before it is closed")
+      ->envname(env("MAX_CONNECTION_AGE_GRACE"))
+      ->check(CLI::Range(0.0, 30.0 * 86400))
+      ->capture_default_str();
+  app.add_option("--metrics-max-connections", c.metrics_max_connections,
+                 "Connections the metrics endpoint keeps open; beyond it the oldest one still "
+                 "waiting for its request is closed")
+      ->envname(env("METRICS_MAX_CONNECTIONS"))
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}))
+      ->capture_default_str();
+  app.add_option("--metrics-timeout", c.metrics_timeout_s,
+                 "Seconds the metrics endpoint waits for a request's headers (and to write a "
+                 "response) before closing the connection")
+      ->envname(env("METRICS_TIMEOUT"))
+      ->check(CLI::Range(0.1, 3600.0))
+      ->capture_default_str();
+  app.add_option("--metrics-max-header-bytes", c.metrics_max_header_bytes,
+                 "Largest request headers the metrics endpoint reads (larger: 431)")
+      ->envname(env("METRICS_MAX_HEADER_BYTES"))
+      ->check(CLI::Range(int64_t{512}, int64_t{1} << 20))
+      ->capture_default_str();
+  app.add_option("--metrics-basic-auth-file", c.metrics_basic_auth_file,
+                 "Require HTTP basic authentication on /metrics: a file of user:sha256:HEX lines, "
+                 "HEX the SHA-256 of the password. Default: none")
+      ->envname(env("METRICS_BASIC_AUTH_FILE"));
 
   app.add_option("--grace-period", c.grace_period_s,
                  "Seconds running requests get to finish after SIGTERM/SIGINT")

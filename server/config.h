@@ -25,7 +25,7 @@ struct ServerConfig {
   // Network.
   std::string listen = "127.0.0.1:50051";
   std::string metrics_listen = "127.0.0.1:9464";
-  int64_t max_message_bytes = 64LL << 20;
+  int64_t max_message_bytes = 64LL << 20;  // sent (responses carry PNGs)
 
   // Memory.
   std::string memory_budget;  // bytes or "8GiB"; empty: device memory less headroom (CUDA)
@@ -57,6 +57,31 @@ struct ServerConfig {
   int64_t max_images = 4;
   int64_t max_prompt_chars = 2000;
   std::string default_sampler = "pndm";
+
+  // Bounds on what one client can ask of the server (README: Security, Bounds).
+  int64_t max_request_id_bytes = 128;
+  int64_t max_request_work = 4LL * 512 * 512 * 50 * 2;  // pixels x images x steps (x2 guided)
+  double max_deadline_s = 600;                          // 0: requests without one have none
+  int64_t max_receive_bytes = 1LL << 20;                // one request message
+  int64_t max_concurrent_streams = 100;                 // per HTTP/2 connection
+  std::string grpc_memory_quota = "1GiB";               // gRPC's resource quota
+  double min_ping_interval_s = 10;                      // client keepalive pings, at most every
+  int64_t max_ping_strikes = 2;                         // ... pings too soon before GOAWAY
+  double max_connection_age_s = 600;                    // 0: connections live for ever
+  double max_connection_age_grace_s = 600;              // for the calls still running
+  // The metrics endpoint (metrics_http.h).
+  int64_t metrics_max_connections = 32;
+  double metrics_timeout_s = 10;
+  int64_t metrics_max_header_bytes = 8192;
+  std::string metrics_basic_auth_file;  // user:sha256:HEX lines; empty: no authentication
+
+  // Security (server/credentials.h, server/auth.h).
+  std::string tls_cert, tls_key, tls_client_ca;  // empty: plaintext gRPC
+  int64_t tls_refresh_s = 10;
+  std::string health_listen;     // plaintext grpc.health.v1 only; empty: none
+  std::string auth_tokens_file;  // empty: no authentication
+  double auth_refresh_s = 5.0;
+  bool reflection = true;
 
   // Lifecycle and logs.
   double grace_period_s = 30.0;

@@ -1,6 +1,8 @@
 // ldcp-server: Stable Diffusion 1.5 with learned dynamic channel pruning over gRPC.
 // Loads the model, calibrates the memory cost model, then serves ldcp.v1.ImageGeneration, the
 // grpc.health.v1 health service and server reflection, with Prometheus metrics on their own port.
+// Optionally TLS or mutual TLS, bearer tokens per client and a plaintext health-only listener
+// (README, Security).
 // SIGTERM/SIGINT: health turns NOT_SERVING, new requests get UNAVAILABLE, running and queued ones
 // get --grace-period seconds to finish, then the process exits 0.
 
@@ -9,6 +11,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -17,8 +20,10 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 
+#include "server/auth.h"
 #include "server/calibration.h"
 #include "server/config.h"
+#include "server/credentials.h"
 #include "server/cost_model.h"
 #include "server/logging.h"
 #include "server/memory_budget.h"
@@ -50,6 +55,12 @@ int serve(const ServerConfig& c) {
   options.vae_tile_size = c.vae_tile_size;
   if (!c.gates_file.empty()) options.gates_file = c.gates_file;
   if (c.min_size > c.max_size) throw std::invalid_argument("--min-size exceeds --max-size");
+
+  // Security settings are checked before the model loads (a bad file fails at once).
+  TlsOptions tls{c.tls_cert, c.tls_key, c.tls_client_ca, static_cast<unsigned>(c.tls_refresh_s)};
+  check_tls_options(tls);
+  Authenticator auth(c.auth_tokens_file,
+                     std::chrono::milliseconds(static_cast<int64_t>(c.auth_refresh_s * 1000)));
 
   // Metrics first: the endpoint answers (and a bad address fails) before the model loads.
   Metrics metrics;
@@ -104,12 +115,17 @@ int serve(const ServerConfig& c) {
     scheduler.auto_policy().record_batch(r.level, r.images, r.steps, r.seconds, r.fixed_seconds);
   }
   GenerationService service(scheduler, engine, &metrics, RequestLimits::from(c, native));
+  service.set_authenticator(&auth);
+  for (const auto& name : auth.client_names()) metrics.add_client(name);
 
   grpc::EnableDefaultHealthCheckService(true);
+  std::optional<HealthOnlyServer> health_only;
+  if (!c.health_listen.empty()) health_only.emplace(c.health_listen);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  if (!c.reflection) disable_reflection(builder);
   int port = 0;
-  builder.AddListeningPort(c.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(c.listen, server_credentials(tls), &port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(static_cast<int>(c.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(c.max_message_bytes));
@@ -118,9 +134,20 @@ int serve(const ServerConfig& c) {
   auto* health = server->GetHealthCheckService();
   health->SetServingStatus(true);
   health->SetServingStatus("ldcp.v1.ImageGeneration", true);
+  if (health_only) {
+    health_only->set_serving(true);
+    health_only->set_serving("ldcp.v1.ImageGeneration", true);
+  }
   log_info(strf("serving %s on %s (port %d), metrics on %s (port %d) /metrics",
                 engine.model_name().c_str(), c.listen.c_str(), port, c.metrics_listen.c_str(),
                 metrics_http.port()));
+  log_info(strf("gRPC transport: %s; authentication: %s; reflection %s; health-only listener %s",
+                describe(tls).c_str(),
+                auth.enabled() ? ("bearer tokens from " + c.auth_tokens_file).c_str() : "off",
+                c.reflection ? "on" : "off",
+                health_only
+                    ? strf("on %s (port %d)", c.health_listen.c_str(), health_only->port()).c_str()
+                    : "off"));
 
   boost::asio::io_context io;
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
@@ -128,6 +155,7 @@ int serve(const ServerConfig& c) {
     if (ec) return;
     log_info(strf("signal %d: draining (grace period %g s)", signo, c.grace_period_s));
     health->SetServingStatus(false);
+    if (health_only) health_only->set_serving(false);
     scheduler.drain();
     const auto grace = std::chrono::milliseconds(static_cast<int64_t>(c.grace_period_s * 1000));
     if (!scheduler.wait_idle(grace)) {
@@ -146,6 +174,7 @@ int serve(const ServerConfig& c) {
   std::signal(SIGINT, SIG_IGN);
   std::signal(SIGTERM, SIG_IGN);
   server->Wait();
+  if (health_only) health_only->shutdown();
   log_info("stopped");
   return 0;
 }

@@ -33,7 +33,7 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   auto& r = *registry_;
   requests_ = &prometheus::BuildCounter()
                    .Name("ldcp_requests_total")
-                   .Help("Finished RPCs by method and gRPC status")
+                   .Help("Finished RPCs by method, gRPC status and client")
                    .Register(r);
   latency_ = &prometheus::BuildHistogram()
                   .Name("ldcp_request_duration_seconds")
@@ -56,10 +56,18 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                       .Add({}, byte_buckets());
   pruning_ratio_ = &prometheus::BuildHistogram()
                         .Name("ldcp_pruning_ratio")
-                        .Help("Fraction of the U-Net's FLOPs pruned per request")
+                        .Help("Fraction of the U-Net's FLOPs pruned per request (every mode)")
                         .Register(r)
                         .Add({}, Histogram::BucketBoundaries{0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6,
                                                              0.7, 0.8, 0.9, 1});
+  auto_pruning_ratio_ =
+      &prometheus::BuildHistogram()
+           .Name("ldcp_auto_pruning_ratio")
+           .Help("Fraction of the U-Net's FLOPs pruned per AUTO request (the level the server "
+                 "chose; FIXED and OFF requests are not counted)")
+           .Register(r)
+           .Add({}, Histogram::BucketBoundaries{0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8,
+                                                0.9, 1});
   by_level_ = &prometheus::BuildCounter()
                    .Name("ldcp_requests_by_level_total")
                    .Help("Served requests by the highest pruning level they ran at")
@@ -129,14 +137,20 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   // Zero series so that dashboards and queries see every method before the first request.
   for (const char* m : {"Generate", "GenerateStream"}) {
     latency_->Add({{"method", m}}, latency_buckets());
-    requests_->Add({{"method", m}, {"status", "OK"}});
+    requests_->Add({{"method", m}, {"status", "OK"}, {"client", "anonymous"}});
   }
 }
 
 void Metrics::request_finished(const std::string& method, const std::string& status,
-                               double seconds) {
-  requests_->Add({{"method", method}, {"status", status}}).Increment();
+                               double seconds, const std::string& client) {
+  requests_->Add({{"method", method}, {"status", status}, {"client", client}}).Increment();
   latency_->Add({{"method", method}}, latency_buckets()).Observe(seconds);
+}
+
+void Metrics::add_client(const std::string& client) {
+  for (const char* m : {"Generate", "GenerateStream"}) {
+    requests_->Add({{"method", m}, {"status", "OK"}, {"client", client}});
+  }
 }
 
 void Metrics::queue_wait(double seconds) { queue_wait_->Observe(seconds); }
@@ -148,6 +162,10 @@ void Metrics::request_served(int64_t peak_bytes, double pruning_ratio, double le
   pruning_ratio_->Observe(pruning_ratio);
   by_level_->Add({{"level", level_label(level)}}).Increment();
   images_->Increment(static_cast<double>(images));
+}
+
+void Metrics::auto_request_served(double pruning_ratio) {
+  auto_pruning_ratio_->Observe(pruning_ratio);
 }
 
 void Metrics::batch_started(int64_t requests, int64_t /*images*/) {

@@ -23,11 +23,19 @@ class Metrics {
 
   // A finished RPC: method "Generate" or "GenerateStream", status a gRPC code name ("OK",
   // "INVALID_ARGUMENT", ...), latency from arrival to the response.
-  void request_finished(const std::string& method, const std::string& status, double seconds);
+  // client: the caller's name from --auth-tokens-file, "unauthenticated" for a request without a
+  // valid token, "anonymous" when authentication is off (a bounded label: ldcp_requests_total).
+  void request_finished(const std::string& method, const std::string& status, double seconds,
+                        const std::string& client = "anonymous");
+  // Zero-valued series for a client, so queries see it before its first request.
+  void add_client(const std::string& client);
   void queue_wait(double seconds);
   void denoising_step(double seconds);
   // One served request: peak memory of its batch, pruning ratio, the level it ran at.
   void request_served(int64_t peak_bytes, double pruning_ratio, double level, int64_t images);
+  // A served AUTO request's pruning ratio (ldcp_auto_pruning_ratio, the autoscaler's signal):
+  // the pruning the server chose, not the FIXED levels clients choose.
+  void auto_request_served(double pruning_ratio);
   void batch_started(int64_t requests, int64_t images);
   void oom_retry();
   // A batch whose measured peak (allocated, or on CUDA reserved) exceeded the budget.
@@ -50,6 +58,7 @@ class Metrics {
   prometheus::Histogram* step_;
   prometheus::Histogram* peak_memory_;
   prometheus::Histogram* pruning_ratio_;
+  prometheus::Histogram* auto_pruning_ratio_;
   prometheus::Family<prometheus::Counter>* by_level_;
   prometheus::Histogram* batch_size_;
   prometheus::Counter* batches_;

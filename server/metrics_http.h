@@ -1,9 +1,31 @@
 #pragma once
-// A minimal HTTP endpoint for Prometheus scrapes: GET /metrics returns the registry in the text
-// exposition format; any other path 404. Runs on its own thread (Boost.Asio). Used instead of
-// prometheus-cpp's civetweb Exposer, whose start-up fails inside this process (civetweb
-// returns a null context after binding).
+// The HTTP endpoint for Prometheus scrapes, on Boost.Beast (one thread of its own): GET or HEAD
+// /metrics returns the registry in the text exposition format, other paths 404, other methods
+// 405. Hardened for a port anyone on the network may reach:
+// - at most `max_connections` connections; at the cap a new connection evicts the oldest one
+//   that is still waiting for its request (idle or slow), so idle sockets cannot lock scrapes
+//   out; when every connection is busy writing, accepting pauses until one ends;
+// - each request's headers must arrive within `timeout` (and each response be written within
+//   it); keep-alive connections idle longer are closed;
+// - headers larger than `max_header_bytes`: 431 and the connection is closed; request bodies
+//   are refused (GET needs none);
+// - accept errors never end the accept loop: out of file descriptors (EMFILE, ENFILE) or memory
+//   it backs off (100 ms) and retries, so /metrics answers again once descriptors are free;
+// - optional HTTP basic authentication (401 without valid credentials), from a file of
+//   `user:sha256:HEX` lines, HEX the SHA-256 of the password (the password itself is not stored).
+//
+// Beast rather than prometheus-cpp's civetweb Exposer, which cannot start in this process:
+// Debian's civetweb creates its threads with a fixed 100 KiB stack (USE_STACK_SIZE=102400,
+// pthread_attr_setstacksize), and glibc refuses a stack smaller than the static TLS of the loaded
+// libraries, which libtorch and its CUDA libraries raise to about 180 KiB (libcublasLt alone
+// 92 KiB); pthread_attr_setstacksize fails with EINVAL, no thread starts and mg_start returns
+// null ("null context when constructing CivetServer"). A standalone program without libtorch
+// starts the same Exposer fine. civetweb's stack size is fixed at its compile time, so the fix is
+// not to use it; Beast's limits above are this file's code, tested in
+// tests/server/metrics_endpoint_test.py.
 
+#include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <thread>
@@ -12,17 +34,34 @@
 
 namespace ldcp::server {
 
+struct MetricsHttpOptions {
+  int64_t max_connections = 32;
+  std::chrono::milliseconds timeout{10000};
+  int64_t max_header_bytes = 8192;
+  std::string basic_auth_file;  // empty: no authentication
+};
+
 class MetricsHttpServer {
  public:
-  // address: "host:port" (port 0: any free port). Throws std::runtime_error when it cannot bind.
-  MetricsHttpServer(const std::string& address, std::shared_ptr<prometheus::Registry> registry);
+  // address: "host:port" (port 0: any free port). Throws std::runtime_error when it cannot bind
+  // or the basic-auth file cannot be read.
+  MetricsHttpServer(const std::string& address, std::shared_ptr<prometheus::Registry> registry,
+                    MetricsHttpOptions options = {});
   ~MetricsHttpServer();
   int port() const { return port_; }
 
  private:
   struct Impl;
-  std::unique_ptr<Impl> impl_;
+  std::shared_ptr<Impl> impl_;
+  std::thread thread_;
   int port_ = 0;
 };
+
+// "user:sha256:HEX" lines (blank lines and #-comments skipped) -> user -> 32-byte digest.
+// Throws std::runtime_error naming the file and line.
+struct BasicAuthUsers;
+std::shared_ptr<const BasicAuthUsers> read_basic_auth_file(const std::string& path);
+// Whether the value of an Authorization header names a user of `users` with its password.
+bool basic_auth_ok(const BasicAuthUsers& users, const std::string& authorization);
 
 }  // namespace ldcp::server

@@ -8,6 +8,7 @@
 
 #include "model/pipelines/image_io.h"
 #include "model/schedulers/scheduler.h"
+#include "server/auth.h"
 #include "server/logging.h"
 #include "server/metrics.h"
 
@@ -220,6 +221,7 @@ struct GenerationService::Shared {
   Engine& engine;
   Metrics* metrics;
   RequestLimits limits;
+  Authenticator* auth = nullptr;
   std::mutex rng_mu;
   std::mt19937_64 rng{std::random_device{}()};
   std::atomic<uint64_t> next_id{1};
@@ -235,7 +237,23 @@ GenerationService::GenerationService(RequestScheduler& scheduler, Engine& engine
                                      RequestLimits limits)
     : shared_(std::make_shared<Shared>(scheduler, engine, metrics, std::move(limits))) {}
 
+void GenerationService::set_authenticator(Authenticator* auth) { shared_->auth = auth; }
+
 namespace {
+
+grpc::StatusCode to_grpc(AuthCode c) {
+  switch (c) {
+    case AuthCode::kOk:
+      return grpc::StatusCode::OK;
+    case AuthCode::kUnauthenticated:
+      return grpc::StatusCode::UNAUTHENTICATED;
+    case AuthCode::kPermissionDenied:
+      return grpc::StatusCode::PERMISSION_DENIED;
+    case AuthCode::kResourceExhausted:
+      return grpc::StatusCode::RESOURCE_EXHAUSTED;
+  }
+  return grpc::StatusCode::UNKNOWN;
+}
 
 grpc::StatusCode to_grpc(Status s) {
   switch (s) {
@@ -289,6 +307,8 @@ class CallCore {
     job_ = std::make_shared<Job>();
     job_->arrival = arrival_;
     job_->method = method_;
+    // The token first: a caller without one learns nothing about its request.
+    if (auto denied = authenticate()) return denied;
     job_->id = request_->request_id().empty()
                    ? "req-" + std::to_string(shared_->next_id.fetch_add(1))
                    : request_->request_id();
@@ -301,6 +321,7 @@ class CallCore {
       record(o);
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, error);
     }
+    if (auto denied = admit()) return denied;
     const auto deadline = ctx_->deadline();
     if (deadline != std::chrono::system_clock::time_point::max()) {
       job_->deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
@@ -309,16 +330,65 @@ class CallCore {
     return std::nullopt;
   }
 
+  // Authentication and authorization (server/auth.h): the token before validation, the client's
+  // permissions, priority clamp and limits after it.
+  std::optional<grpc::Status> authenticate() {
+    if (!shared_->auth) return std::nullopt;
+    const auto& md = ctx_->client_metadata();
+    const auto it = md.find("authorization");
+    identity_ = shared_->auth->authenticate(
+        it == md.end() ? std::string_view()
+                       : std::string_view(it->second.data(), it->second.size()));
+    if (identity_.code == AuthCode::kOk) return std::nullopt;
+    return deny(identity_.code, identity_.message);
+  }
+  std::optional<grpc::Status> admit() {
+    if (!shared_->auth) return std::nullopt;
+    const auto mode = job_->pruning.mode;
+    const PruningKind kind = mode == PruningRequest::Mode::kAuto  ? PruningKind::kAuto
+                             : mode == PruningRequest::Mode::kOff ? PruningKind::kOff
+                                                                  : PruningKind::kFixed;
+    auto a = shared_->auth->admit(identity_, method_, kind, job_->priority);
+    if (a.code != AuthCode::kOk) return deny(a.code, a.message);
+    job_->priority = a.priority;
+    ticket_ = std::move(a.ticket);
+    return std::nullopt;
+  }
+  grpc::Status deny(AuthCode code, const std::string& message) {
+    if (job_->id.empty()) job_->id = "req-" + std::to_string(shared_->next_id.fetch_add(1));
+    JobOutcome o;
+    o.message = message;
+    record(o, auth_code_name(code));
+    return grpc::Status(to_grpc(code), message);
+  }
+  // Submits the job; with a client's ticket, its first denoising step takes it off the client's
+  // queued count.
+  void submit() {
+    if (ticket_) {
+      job_->on_step = [inner = std::move(job_->on_step), t = ticket_](
+                          const pipelines::StepInfo& info, double level) {
+        t->started();
+        if (inner) inner(info, level);
+      };
+    }
+    shared_->scheduler.submit(job_);
+  }
+
   double elapsed() const { return std::chrono::duration<double>(Clock::now() - arrival_).count(); }
 
-  // Metrics and the log line for a finished request.
-  void record(const JobOutcome& o) const {
+  // Metrics and the log line for a finished request (`status`: the code name when not o.status).
+  void record(const JobOutcome& o, const char* status = nullptr) const {
     const double total = elapsed();
-    if (shared_->metrics) shared_->metrics->request_finished(method_, status_name(o.status), total);
+    if (ticket_) ticket_->release();
+    if (!status) status = status_name(o.status);
+    if (shared_->metrics) {
+      shared_->metrics->request_finished(method_, status, total,
+                                         identity_.client.empty() ? "anonymous" : identity_.client);
+    }
     RequestLogLine line;
     line.id = job_ ? job_->id : request_->request_id();
     line.method = method_;
-    line.status = status_name(o.status);
+    line.status = status;
     line.message = o.message;
     if (job_) {
       line.width = job_->params.width;
@@ -374,6 +444,8 @@ class CallCore {
   const char* method_;
   Clock::time_point arrival_ = Clock::now();
   std::shared_ptr<Job> job_;
+  Identity identity_;
+  std::shared_ptr<AdmissionTicket> ticket_;
 };
 
 class UnaryCall final : public grpc::ServerUnaryReactor {
@@ -399,7 +471,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
       core_.record(o);
       Finish(status);
     };
-    core_.shared_->scheduler.submit(core_.job_);
+    core_.submit();
   }
   void OnCancel() override {
     if (core_.job_) core_.job_->cancelled = true;
@@ -466,7 +538,7 @@ class StreamCall final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
       }
       act(action);  // may end the call (and delete this): nothing may follow
     };
-    core_.shared_->scheduler.submit(core_.job_);
+    core_.submit();
   }
 
   void OnWriteDone(bool ok) override {

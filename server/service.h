@@ -17,6 +17,7 @@
 
 namespace ldcp::server {
 
+class Authenticator;
 class Metrics;
 
 struct RequestLimits {
@@ -43,6 +44,10 @@ class GenerationService final : public v1::ImageGeneration::CallbackService {
  public:
   GenerationService(RequestScheduler& scheduler, Engine& engine, Metrics* metrics,
                     RequestLimits limits);
+
+  // Bearer tokens and per-client limits (server/auth.h); null (the default): no authentication.
+  // Set before the server starts.
+  void set_authenticator(Authenticator* auth);
 
   grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
                                      const v1::GenerateRequest* request,

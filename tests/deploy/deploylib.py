@@ -89,6 +89,31 @@ def server_options():
     return opts
 
 
+# The server options whose values are files from Secrets (deploy/components/tls, mtls, auth).
+SECRET_FILE_OPTIONS = ("LDCP_TLS_CERT", "LDCP_TLS_KEY", "LDCP_TLS_CLIENT_CA",
+                       "LDCP_AUTH_TOKENS_FILE")
+
+
+def secret_stand_ins(env, folder):
+    """{option: path} of files made in `folder` to stand in for the Secrets that `env` names: a
+    self-signed certificate and its key (openssl), which also serves as the client CA, and a
+    tokens file with one client."""
+    wanted = [k for k in SECRET_FILE_OPTIONS if env.get(k)]
+    if not wanted:
+        return {}
+    folder = Path(folder)
+    key, crt = folder / "stand-in.key", folder / "stand-in.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
+                    str(crt), "-days", "1", "-subj", "/CN=ldcp-server-grpc"],
+                   check=True, capture_output=True, timeout=60)
+    tokens = folder / "stand-in-tokens"
+    tokens.write_text("stand-in sha256:" + "0" * 64 + " max_priority=0\n")
+    files = {"LDCP_TLS_CERT": crt, "LDCP_TLS_KEY": key, "LDCP_TLS_CLIENT_CA": crt,
+             "LDCP_AUTH_TOKENS_FILE": tokens}
+    return {k: str(files[k]) for k in wanted}
+
+
 def parse_bytes(text):
     """The server's byte counts: 123, 8GiB, 1.5GB (server/config.cpp parse_bytes)."""
     m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(text))

@@ -61,15 +61,19 @@ class Overlays(unittest.TestCase):
                 _, spec, c = self.server(objs)
                 env = dl.server_env(objs)
                 ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-                self.assertEqual(set(ports), {"grpc", "metrics"})
+                self.assertEqual(set(ports), {"grpc", "metrics", "health"})
                 self.assertEqual(ports["grpc"], dl.port_of(env["LDCP_LISTEN"]))
                 self.assertEqual(ports["metrics"], dl.port_of(env["LDCP_METRICS_LISTEN"]))
+                self.assertEqual(ports["health"], dl.port_of(env["LDCP_HEALTH_LISTEN"]))
                 # Reachable from the kubelet and Prometheus, not only from inside the pod.
                 self.assertTrue(env["LDCP_LISTEN"].startswith("0.0.0.0:"))
                 self.assertTrue(env["LDCP_METRICS_LISTEN"].startswith("0.0.0.0:"))
+                self.assertTrue(env["LDCP_HEALTH_LISTEN"].startswith("0.0.0.0:"))
+                # The kubelet's gRPC probes cannot speak TLS: they use the plaintext health-only
+                # port (security_test.py checks that it serves health alone).
                 for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                     self.assertIn("grpc", c[probe], f"{probe} is not a native gRPC probe")
-                    self.assertEqual(c[probe]["grpc"]["port"], ports["grpc"], probe)
+                    self.assertEqual(c[probe]["grpc"]["port"], ports["health"], probe)
                 # Readiness follows the service's own health (NOT_SERVING while draining).
                 self.assertEqual(c["readinessProbe"]["grpc"].get("service"), HEALTH_SERVICE)
                 proto = (dl.SOURCE_DIR / "proto/ldcp/v1/ldcp.proto").read_text()
@@ -263,11 +267,13 @@ class Overlays(unittest.TestCase):
                 for k in env:
                     self.assertIn(k, OPTIONS, f"{k} is not an ldcp-server option")
                 # Start the real server with this environment: it must get past parsing every
-                # option to loading the model (which is then missing, so it stops).
+                # option to loading the model (which is then missing, so it stops). The Secrets'
+                # files (TLS, tokens) are stand-ins made here (dl.secret_stand_ins).
                 with tempfile.TemporaryDirectory() as d:
                     run_env = dict(env, LDCP_MODEL=f"{d}/no-model", LDCP_LISTEN="127.0.0.1:0",
                                    LDCP_METRICS_LISTEN="127.0.0.1:0", LDCP_LOG_FORMAT="text",
-                                   PATH="/usr/bin:/bin")
+                                   LDCP_HEALTH_LISTEN="127.0.0.1:0", PATH="/usr/bin:/bin")
+                    run_env.update(dl.secret_stand_ins(env, d))
                     r = subprocess.run([dl.lib.tool("ldcp-server")], env=run_env,
                                        capture_output=True, text=True, timeout=60)
                 out = r.stdout + r.stderr

@@ -68,6 +68,8 @@ class Server:
         self.port = free_port()
         self.metrics_port = free_port()
         self.target = f"127.0.0.1:{self.port}"
+        # Where wait_ready asks grpc.health.v1, plaintext (a TLS server's --health-listen).
+        self.health_target = self.target
         self.log_path = Path(workdir) / f"{name}.log"
         cmd = [tool("ldcp-server"), "--model", str(model), "--listen", self.target,
                "--metrics-listen", f"127.0.0.1:{self.metrics_port}", *map(str, args)]
@@ -86,7 +88,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ldcp-server exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                with grpc.insecure_channel(self.target) as ch:
+                with grpc.insecure_channel(self.health_target) as ch:
                     r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
                                                              timeout=2)
                     if r.status == health_pb2.HealthCheckResponse.SERVING:

@@ -1,0 +1,356 @@
+#include "server/request_validation.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/stubs/logging.h>
+#include <google/protobuf/unknown_field_set.h>
+
+#include "server/config.h"
+
+namespace ldcp::server {
+
+RequestLimits RequestLimits::from(const ServerConfig& c, int64_t native_resolution) {
+  RequestLimits l;
+  l.min_size = c.min_size;
+  l.max_size = c.max_size;
+  l.default_size = c.default_size > 0 ? c.default_size : native_resolution;
+  l.max_steps = c.max_steps;
+  l.default_steps = c.default_steps;
+  l.max_guidance = c.max_guidance;
+  l.max_images = c.max_images;
+  l.max_prompt_chars = c.max_prompt_chars;
+  l.default_sampler = c.default_sampler;
+  l.max_level = c.max_level;
+  l.max_request_id_chars = c.max_request_id_bytes;
+  l.max_work = c.max_request_work;
+  l.max_receive_bytes = c.max_receive_bytes;
+  l.max_deadline_s = c.max_deadline_s;
+  return l;
+}
+
+namespace {
+
+std::string fmt_num(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+
+std::string join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& i : items) out += (out.empty() ? "" : ", ") + i;
+  return out;
+}
+
+bool is_level(double l) { return std::isfinite(l) && l >= 0.0 && l < 1.0; }
+
+// The length of the well-formed UTF-8 sequence at s[i], or 0 when it is not one; `cp` gets the
+// code point.
+size_t utf8_char(std::string_view s, size_t i, uint32_t& cp) {
+  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[i + k]); };
+  const unsigned char c = b(0);
+  if (c < 0x80) {
+    cp = c;
+    return 1;
+  }
+  size_t n = 0;
+  uint32_t min = 0;
+  if ((c & 0xE0) == 0xC0) {
+    n = 2, cp = c & 0x1F, min = 0x80;
+  } else if ((c & 0xF0) == 0xE0) {
+    n = 3, cp = c & 0x0F, min = 0x800;
+  } else if ((c & 0xF8) == 0xF0) {
+    n = 4, cp = c & 0x07, min = 0x10000;
+  } else {
+    return 0;
+  }
+  if (i + n > s.size()) return 0;
+  for (size_t k = 1; k < n; ++k) {
+    if ((b(k) & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (b(k) & 0x3F);
+  }
+  if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  return n;
+}
+
+bool is_control(uint32_t cp) { return cp < 0x20 || cp == 0x7F || (cp >= 0x80 && cp <= 0x9F); }
+
+}  // namespace
+
+bool is_valid_utf8(std::string_view s) {
+  uint32_t cp = 0;
+  for (size_t i = 0; i < s.size();) {
+    const size_t n = utf8_char(s, i, cp);
+    if (n == 0) return false;
+    i += n;
+  }
+  return true;
+}
+
+bool has_control_chars(std::string_view s) {
+  uint32_t cp = 0;
+  for (size_t i = 0; i < s.size();) {
+    const size_t n = utf8_char(s, i, cp);
+    if (n == 0) {
+      ++i;  // an invalid byte is not a character; is_valid_utf8 reports it
+      continue;
+    }
+    if (is_control(cp)) return true;
+    i += n;
+  }
+  return false;
+}
+
+std::string quote_prefix(std::string_view s, size_t max_bytes) {
+  std::string out = "\"";
+  uint32_t cp = 0;
+  size_t i = 0;
+  char esc[16];
+  while (i < s.size()) {
+    size_t n = utf8_char(s, i, cp);
+    if (i + std::max<size_t>(n, 1) > max_bytes) break;
+    if (n == 0) {
+      std::snprintf(esc, sizeof esc, "\\x%02x", static_cast<unsigned char>(s[i]));
+      out += esc;
+      n = 1;
+    } else if (cp == '"' || cp == '\\') {
+      out += '\\';
+      out += static_cast<char>(cp);
+    } else if (cp == '\n') {
+      out += "\\n";
+    } else if (cp == '\t') {
+      out += "\\t";
+    } else if (cp == '\r') {
+      out += "\\r";
+    } else if (is_control(cp)) {
+      std::snprintf(esc, sizeof esc, "\\u%04x", static_cast<unsigned>(cp));
+      out += esc;
+    } else {
+      out.append(s.substr(i, n));
+    }
+    i += n;
+  }
+  if (i < s.size()) return out + "...\" (" + std::to_string(s.size()) + " bytes)";
+  return out + "\"";
+}
+
+int64_t request_work(int64_t width, int64_t height, int64_t images, int64_t steps, bool guided) {
+  // Every factor is bounded by its own option (sizes <= 16384, images <= 64, steps <= 1000), so
+  // the product stays far below 2^63.
+  return width * height * images * steps * (guided ? 2 : 1);
+}
+
+AskedShape asked_shape(const v1::GenerateRequest& r, const RequestLimits& lim) {
+  AskedShape a;
+  a.width = r.width() == 0 ? lim.default_size : static_cast<int64_t>(r.width());
+  a.height = r.height() == 0 ? lim.default_size : static_cast<int64_t>(r.height());
+  a.steps = r.steps() == 0 ? lim.default_steps : static_cast<int64_t>(r.steps());
+  a.images = r.num_images() == 0 ? 1 : static_cast<int64_t>(r.num_images());
+  return a;
+}
+
+bool parse_request(std::string_view bytes, v1::GenerateRequest& out, std::string& error) {
+  static constexpr const char* kPrefix = "request is not a valid ldcp.v1.GenerateRequest: ";
+  {
+    // protobuf logs an ERROR line of its own for a string that is not UTF-8; this reply and the
+    // request's log line say it instead.
+    google::protobuf::LogSilencer quiet;
+    if (out.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) return true;
+  }
+  google::protobuf::UnknownFieldSet fields;
+  if (!fields.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    error = std::string(kPrefix) + "malformed protobuf wire format (" +
+            std::to_string(bytes.size()) + " bytes)";
+    return false;
+  }
+  const auto* descriptor = v1::GenerateRequest::descriptor();
+  for (int i = 0; i < fields.field_count(); ++i) {
+    const auto& f = fields.field(i);
+    const auto* field = descriptor->FindFieldByNumber(f.number());
+    if (!field || f.type() != google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED) continue;
+    if (field->type() == google::protobuf::FieldDescriptor::TYPE_STRING &&
+        !is_valid_utf8(f.length_delimited())) {
+      error = std::string(kPrefix) + "field " + field->name() + " is not valid UTF-8";
+      return false;
+    }
+    if (field->type() == google::protobuf::FieldDescriptor::TYPE_MESSAGE) {
+      error = std::string(kPrefix) + "field " + field->name() + " is not a valid " +
+              field->message_type()->full_name();
+      return false;
+    }
+  }
+  error = std::string(kPrefix) + "the message does not parse";
+  return false;
+}
+
+std::string validate_request(const v1::GenerateRequest& r, const RequestLimits& lim,
+                             uint64_t random_seed, ValidatedRequest& p) {
+  if (static_cast<int64_t>(r.request_id().size()) > lim.max_request_id_chars) {
+    return "request_id: at most " + std::to_string(lim.max_request_id_chars) +
+           " bytes (--max-request-id-bytes), got " + std::to_string(r.request_id().size());
+  }
+  if (!is_valid_utf8(r.request_id()) || has_control_chars(r.request_id())) {
+    return "request_id: control characters (U+0000..U+001F, U+007F..U+009F) and invalid UTF-8 "
+           "are not allowed";
+  }
+  if (static_cast<int64_t>(r.prompt().size()) > lim.max_prompt_chars) {
+    return "prompt: at most " + std::to_string(lim.max_prompt_chars) + " bytes, got " +
+           std::to_string(r.prompt().size());
+  }
+  if (static_cast<int64_t>(r.negative_prompt().size()) > lim.max_prompt_chars) {
+    return "negative_prompt: at most " + std::to_string(lim.max_prompt_chars) + " bytes, got " +
+           std::to_string(r.negative_prompt().size());
+  }
+  for (auto [name, text] :
+       {std::pair{"prompt", &r.prompt()}, std::pair{"negative_prompt", &r.negative_prompt()},
+        std::pair{"sampler", &r.sampler()}}) {
+    if (!is_valid_utf8(*text)) return std::string(name) + ": must be valid UTF-8";
+  }
+  p.prompt = r.prompt();
+  p.negative_prompt = r.negative_prompt();
+  for (auto [name, value, out] :
+       {std::tuple{"width", r.width(), &p.width}, std::tuple{"height", r.height(), &p.height}}) {
+    const int64_t v = value == 0 ? lim.default_size : static_cast<int64_t>(value);
+    if (v % 8 != 0 || v < lim.min_size || v > lim.max_size) {
+      return std::string(name) + ": must be a multiple of 8 in [" + std::to_string(lim.min_size) +
+             ", " + std::to_string(lim.max_size) + "] (0: default " +
+             std::to_string(lim.default_size) + "), got " + std::to_string(value);
+    }
+    *out = v;
+  }
+  const int64_t steps = r.steps() == 0 ? lim.default_steps : static_cast<int64_t>(r.steps());
+  if (steps < 1 || steps > lim.max_steps) {
+    return "steps: must be in [1, " + std::to_string(lim.max_steps) + "] (0: default " +
+           std::to_string(lim.default_steps) + "), got " + std::to_string(r.steps());
+  }
+  p.steps = steps;
+  if (r.has_guidance_scale()) {
+    const double g = r.guidance_scale();
+    if (!std::isfinite(g) || g < 0.0 || g > lim.max_guidance) {
+      return "guidance_scale: must be a finite number in [0, " + fmt_num(lim.max_guidance) +
+             "], got " + fmt_num(g);
+    }
+    p.guidance_scale = g;
+  } else {
+    p.guidance_scale = 7.5;
+  }
+  if (!std::isfinite(r.guidance_rescale()) || r.guidance_rescale() < 0.0 ||
+      r.guidance_rescale() > 1.0) {
+    return "guidance_rescale: must be in [0, 1], got " + fmt_num(r.guidance_rescale());
+  }
+  p.guidance_rescale = r.guidance_rescale();
+  p.sampler = r.sampler().empty() ? lim.default_sampler : r.sampler();
+  if (std::find(lim.samplers.begin(), lim.samplers.end(), p.sampler) == lim.samplers.end()) {
+    return "sampler: must be one of " + join(lim.samplers) + ", got " + quote_prefix(p.sampler);
+  }
+  if (!std::isfinite(r.eta()) || r.eta() < 0.0 || r.eta() > 1.0) {
+    return "eta: must be in [0, 1], got " + fmt_num(r.eta());
+  }
+  if (r.eta() != 0.0 && p.sampler != "ddim") {
+    return "eta: only the ddim sampler takes eta (must be 0 for " + p.sampler + ")";
+  }
+  p.eta = r.eta();
+  p.seed = r.has_seed() ? r.seed() : random_seed;
+  const int64_t images = r.num_images() == 0 ? 1 : static_cast<int64_t>(r.num_images());
+  if (images < 1 || images > lim.max_images) {
+    return "num_images: must be in [1, " + std::to_string(lim.max_images) + "], got " +
+           std::to_string(r.num_images());
+  }
+  p.images = images;
+  p.work = request_work(p.width, p.height, images, steps, p.guidance_scale > 1.0);
+  if (lim.max_work > 0 && p.work > lim.max_work) {
+    return "work: " + std::to_string(p.width) + "x" + std::to_string(p.height) + " x " +
+           std::to_string(images) + " image(s) x " + std::to_string(steps) + " steps" +
+           (p.guidance_scale > 1.0 ? " x 2 (guided)" : "") + " = " + std::to_string(p.work) +
+           " pixel-steps, at most " + std::to_string(lim.max_work) +
+           " allowed (--max-request-work)";
+  }
+
+  const auto& pr = r.pruning();
+  if (pr.has_max_level() && !is_level(pr.max_level())) {
+    return "pruning.max_level: must be in [0, 1), got " + fmt_num(pr.max_level());
+  }
+  p.has_max_level = pr.has_max_level();
+  p.max_level = pr.has_max_level() ? pr.max_level() : lim.max_level;
+  if (pr.has_flops_budget() && pr.mode() != v1::PRUNING_MODE_FIXED) {
+    return "pruning.flops_budget: only allowed with mode FIXED";
+  }
+  switch (pr.mode()) {
+    case v1::PRUNING_MODE_UNSPECIFIED:
+    case v1::PRUNING_MODE_AUTO:
+      if (pr.level() != 0.0 || pr.per_step_levels_size() > 0) {
+        return "pruning.level / pruning.per_step_levels: only allowed with mode FIXED (AUTO "
+               "takes max_level)";
+      }
+      p.pruning = ValidatedRequest::Pruning::kAuto;
+      break;
+    case v1::PRUNING_MODE_OFF:
+      if (pr.level() != 0.0 || pr.per_step_levels_size() > 0) {
+        return "pruning.level / pruning.per_step_levels: not allowed with mode OFF";
+      }
+      p.pruning = ValidatedRequest::Pruning::kOff;
+      break;
+    case v1::PRUNING_MODE_FIXED: {
+      double highest = 0.0;
+      if (pr.has_flops_budget()) {
+        const double budget = pr.flops_budget();
+        if (pr.level() != 0.0 || pr.per_step_levels_size() > 0) {
+          return "pruning.flops_budget: not allowed with pruning.level or pruning.per_step_levels";
+        }
+        if (!(std::isfinite(budget) && budget > 0.0 && budget <= 1.0)) {
+          return "pruning.flops_budget: must be a FLOPs fraction in (0, 1], got " + fmt_num(budget);
+        }
+        p.pruning = ValidatedRequest::Pruning::kFixedBudget;
+        p.flops_budget = budget;
+      } else if (pr.per_step_levels_size() > 0) {
+        if (pr.per_step_levels_size() > steps) {
+          return "pruning.per_step_levels: at most one level per step (" + std::to_string(steps) +
+                 "), got " + std::to_string(pr.per_step_levels_size());
+        }
+        for (int i = 0; i < pr.per_step_levels_size(); ++i) {
+          if (!is_level(pr.per_step_levels(i))) {
+            return "pruning.per_step_levels[" + std::to_string(i) + "]: must be in [0, 1), got " +
+                   fmt_num(pr.per_step_levels(i));
+          }
+          p.step_levels.push_back(pr.per_step_levels(i));
+          highest = std::max(highest, pr.per_step_levels(i));
+        }
+        p.pruning = ValidatedRequest::Pruning::kFixedSteps;
+      } else {
+        if (!is_level(pr.level())) {
+          return "pruning.level: must be in [0, 1), got " + fmt_num(pr.level());
+        }
+        p.pruning = ValidatedRequest::Pruning::kFixedLevel;
+        p.level = pr.level();
+        highest = pr.level();
+      }
+      if (pr.has_max_level() && highest > pr.max_level()) {
+        return "pruning.max_level: the FIXED schedule's highest level " + fmt_num(highest) +
+               " exceeds max_level " + fmt_num(pr.max_level());
+      }
+      break;
+    }
+    default:
+      return "pruning.mode: must be AUTO, OFF or FIXED, got " + std::to_string(pr.mode());
+  }
+  if (r.output_format() != v1::OUTPUT_FORMAT_UNSPECIFIED &&
+      r.output_format() != v1::OUTPUT_FORMAT_PNG) {
+    return "output_format: must be PNG, got " + std::to_string(r.output_format());
+  }
+  if (r.priority() < -1000 || r.priority() > 1000) {
+    return "priority: must be in [-1000, 1000], got " + std::to_string(r.priority());
+  }
+  if (r.preview_every() > static_cast<uint32_t>(steps)) {
+    return "preview_every: must be in [0, steps=" + std::to_string(steps) + "], got " +
+           std::to_string(r.preview_every());
+  }
+  p.priority = r.priority();
+  p.preview_every = r.preview_every();
+  return {};
+}
+
+}  // namespace ldcp::server

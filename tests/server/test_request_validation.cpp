@@ -1,0 +1,184 @@
+// Request parsing and validation (server/request_validation.h), without libtorch: what a bad
+// request may make the server say or log, the work bound, and bytes protobuf cannot parse.
+
+#include <gtest/gtest.h>
+
+#include "server/request_validation.h"
+
+namespace ldcp::server {
+namespace {
+
+RequestLimits limits() {
+  RequestLimits l;
+  l.default_size = 512;
+  l.default_steps = 30;
+  return l;
+}
+
+v1::GenerateRequest valid() {
+  v1::GenerateRequest r;
+  r.set_prompt("a lighthouse at dawn");
+  r.set_width(512);
+  r.set_height(512);
+  r.set_steps(20);
+  return r;
+}
+
+std::string check(const v1::GenerateRequest& r, const RequestLimits& l = limits()) {
+  ValidatedRequest v;
+  return validate_request(r, l, 7, v);
+}
+
+TEST(RequestValidation, ValidRequestPassesWithDefaults) {
+  ValidatedRequest v;
+  v1::GenerateRequest r;
+  ASSERT_EQ(validate_request(r, limits(), 7, v), "");
+  EXPECT_EQ(v.width, 512);
+  EXPECT_EQ(v.steps, 30);
+  EXPECT_EQ(v.seed, 7u);
+  EXPECT_EQ(v.sampler, "pndm");
+  EXPECT_EQ(v.work, request_work(512, 512, 1, 30, true));
+}
+
+TEST(RequestValidation, BadSamplerIsQuotedAsAShortPrefix) {
+  auto r = valid();
+  r.set_sampler(std::string(1000000, 's'));
+  const auto error = check(r);
+  ASSERT_EQ(error.rfind("sampler: must be one of", 0), 0u) << error.substr(0, 200);
+  EXPECT_LT(error.size(), 200u);
+  EXPECT_NE(error.find("\"" + std::string(32, 's') + "...\" (1000000 bytes)"), std::string::npos)
+      << error;
+  r.set_sampler("heun_magic");
+  EXPECT_NE(check(r).find("got \"heun_magic\""), std::string::npos) << check(r);
+}
+
+TEST(RequestValidation, QuotePrefixEscapesAndCutsAtCharacterBoundaries) {
+  EXPECT_EQ(quote_prefix("ab"), "\"ab\"");
+  EXPECT_EQ(quote_prefix("a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");
+  EXPECT_EQ(quote_prefix("x\x01y\x7fz"), "\"x\\u0001y\\u007fz\"");
+  EXPECT_EQ(quote_prefix("c1\xc2\x85!"), "\"c1\\u0085!\"");  // U+0085 (NEL)
+  EXPECT_EQ(quote_prefix("bad\xff"), "\"bad\\xff\"");
+  EXPECT_EQ(quote_prefix("caf\xc3\xa9"), "\"caf\xc3\xa9\"");  // printable non-ASCII stays
+  // 4 bytes allowed: "abc" fits, the 2-byte character after it does not.
+  EXPECT_EQ(quote_prefix("abc\xc3\xa9xyz", 4), "\"abc...\" (8 bytes)");
+}
+
+TEST(RequestValidation, RequestIdIsBoundedAndFreeOfControlCharacters) {
+  auto r = valid();
+  r.set_request_id(std::string(128, 'r'));
+  EXPECT_EQ(check(r), "");
+  r.set_request_id(std::string(129, 'r'));
+  const auto long_error = check(r);
+  EXPECT_EQ(long_error.rfind("request_id: at most 128 bytes", 0), 0u) << long_error;
+  r.set_request_id(std::string(1000000, 'r'));
+  EXPECT_LT(check(r).size(), 200u);
+  for (const std::string& bad :
+       {std::string("a\nb"), std::string("a\x1b[31m"), std::string("del\x7f"),
+        std::string("nel\xc2\x85 status=OK"), std::string("csi\xc2\x9b"), std::string("bad\xff"),
+        std::string("overlong\xc0\xaf"), std::string("a\0b", 3)}) {
+    r.set_request_id(bad);
+    const auto error = check(r);
+    EXPECT_EQ(error.rfind("request_id: control characters", 0), 0u) << quote_prefix(bad);
+  }
+  r.set_request_id("caf\xc3\xa9-42 with spaces");
+  EXPECT_EQ(check(r), "");
+}
+
+TEST(RequestValidation, Utf8) {
+  EXPECT_TRUE(is_valid_utf8(""));
+  EXPECT_TRUE(is_valid_utf8("plain"));
+  EXPECT_TRUE(is_valid_utf8("\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"));  // é € 😀
+  EXPECT_FALSE(is_valid_utf8("\xff"));
+  EXPECT_FALSE(is_valid_utf8("\xc3"));              // truncated
+  EXPECT_FALSE(is_valid_utf8("\xc0\xaf"));          // overlong '/'
+  EXPECT_FALSE(is_valid_utf8("\xed\xa0\x80"));      // surrogate
+  EXPECT_FALSE(is_valid_utf8("\xf4\x90\x80\x80"));  // above U+10FFFF
+  EXPECT_TRUE(has_control_chars("\xc2\x80"));
+  EXPECT_TRUE(has_control_chars("\xc2\x9f"));
+  EXPECT_FALSE(has_control_chars("\xc2\xa0"));  // NBSP is not a control character
+}
+
+TEST(RequestValidation, AskedShapeIsWhatTheRequestAskedFor) {
+  v1::GenerateRequest r;
+  r.set_width(7);
+  r.set_num_images(99);
+  const auto a = asked_shape(r, limits());
+  EXPECT_EQ(a.width, 7);
+  EXPECT_EQ(a.height, 512);  // the server's default, as it would have run
+  EXPECT_EQ(a.steps, 30);
+  EXPECT_EQ(a.images, 99);
+  EXPECT_EQ(check(r).rfind("width", 0), 0u);
+}
+
+TEST(RequestValidation, WorkBoundCountsGuidanceDouble) {
+  const auto l = limits();
+  ASSERT_EQ(l.max_work, 4 * kDefaultRequestWork);
+  auto r = valid();
+  // 4 images x 512x512 x 50 steps guided: exactly 4x the default request.
+  r.set_num_images(4);
+  r.set_steps(50);
+  EXPECT_EQ(check(r), "");
+  r.set_steps(51);
+  const auto error = check(r);
+  EXPECT_EQ(error.rfind("work: 512x512 x 4 image(s) x 51 steps x 2 (guided)", 0), 0u) << error;
+  EXPECT_NE(error.find("--max-request-work"), std::string::npos);
+  r.set_guidance_scale(1.0);  // unguided: half the work
+  EXPECT_EQ(check(r), "");
+  // 1024x1024 x 4 x 150 guided: 80x a default request.
+  r = valid();
+  r.set_width(1024);
+  r.set_height(1024);
+  r.set_num_images(4);
+  r.set_steps(150);
+  EXPECT_EQ(check(r).rfind("work:", 0), 0u);
+  auto unbounded = l;
+  unbounded.max_work = 0;
+  EXPECT_EQ(check(r, unbounded), "");
+}
+
+TEST(RequestValidation, FixedLevelsAndModes) {
+  auto r = valid();
+  r.mutable_pruning()->set_mode(v1::PRUNING_MODE_FIXED);
+  r.mutable_pruning()->set_level(0.3);
+  ValidatedRequest v;
+  ASSERT_EQ(validate_request(r, limits(), 0, v), "");
+  EXPECT_EQ(v.pruning, ValidatedRequest::Pruning::kFixedLevel);
+  r.mutable_pruning()->set_max_level(0.2);
+  EXPECT_EQ(check(r).rfind("pruning.max_level", 0), 0u);
+  r.mutable_pruning()->clear_max_level();
+  r.mutable_pruning()->set_level(0);
+  r.mutable_pruning()->set_flops_budget(0.5);
+  ASSERT_EQ(validate_request(r, limits(), 0, v), "");
+  EXPECT_EQ(v.pruning, ValidatedRequest::Pruning::kFixedBudget);
+  r.mutable_pruning()->set_mode(v1::PRUNING_MODE_AUTO);
+  EXPECT_EQ(check(r).rfind("pruning.flops_budget", 0), 0u);
+}
+
+TEST(ParseRequest, ValidBytesParse) {
+  const std::string bytes = valid().SerializeAsString();
+  v1::GenerateRequest r;
+  std::string error;
+  ASSERT_TRUE(parse_request(bytes, r, error)) << error;
+  EXPECT_EQ(r.prompt(), "a lighthouse at dawn");
+  ASSERT_TRUE(parse_request("", r, error));  // every field at its default
+}
+
+TEST(ParseRequest, GarbageAndInvalidUtf8AreNamed) {
+  v1::GenerateRequest r;
+  std::string error;
+  const std::string prefix = "request is not a valid ldcp.v1.GenerateRequest: ";
+  EXPECT_FALSE(parse_request("\xff\xff\xff\xff", r, error));
+  EXPECT_EQ(error.rfind(prefix + "malformed protobuf wire format", 0), 0u) << error;
+  // Field 1 (prompt), length 2: 0xff 0xfe.
+  EXPECT_FALSE(parse_request(std::string("\x0a\x02\xff\xfe", 4), r, error));
+  EXPECT_EQ(error, prefix + "field prompt is not valid UTF-8");
+  // Field 12 (request_id), length 1: 0x80.
+  EXPECT_FALSE(parse_request(std::string("\x62\x01\x80", 3), r, error));
+  EXPECT_EQ(error, prefix + "field request_id is not valid UTF-8");
+  // Field 10 (pruning), length 1: a truncated varint inside.
+  EXPECT_FALSE(parse_request(std::string("\x52\x01\x08", 3), r, error));
+  EXPECT_EQ(error, prefix + "field pruning is not a valid ldcp.v1.Pruning");
+}
+
+}  // namespace
+}  // namespace ldcp::server
