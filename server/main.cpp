@@ -7,6 +7,8 @@
 // get --grace-period seconds to finish, then the process exits 0.
 
 #include <algorithm>
+#include <climits>
+#include <cmath>
 #include <csignal>
 #include <cstdlib>
 #include <iostream>
@@ -16,6 +18,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 #include <CLI/CLI.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -23,8 +26,8 @@
 #include "server/auth.h"
 #include "server/calibration.h"
 #include "server/config.h"
-#include "server/credentials.h"
 #include "server/cost_model.h"
+#include "server/credentials.h"
 #include "server/logging.h"
 #include "server/memory_budget.h"
 #include "server/metrics.h"
@@ -41,6 +44,39 @@ c10::ScalarType parse_dtype(const std::string& s) {
   if (s == "fp16") return c10::kHalf;
   if (s == "bf16") return c10::kBFloat16;
   return c10::kFloat;
+}
+
+int64_t grpc_memory_quota(const ServerConfig& c) {
+  const int64_t quota = parse_bytes(c.grpc_memory_quota);
+  if (quota < (16 << 20)) {
+    throw std::invalid_argument("--grpc-memory-quota: at least 16MiB, got " +
+                                c.grpc_memory_quota.substr(0, 32));
+  }
+  return quota;
+}
+
+// The gRPC bounds of README's Security section (config.h: Bounds). The hard receive limit is
+// twice --max-receive-bytes: the service answers requests between the two with a message naming
+// the option (gRPC's own message for larger ones names none).
+void apply_transport_bounds(grpc::ServerBuilder& builder, const ServerConfig& c) {
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(std::min<int64_t>(2 * c.max_receive_bytes, INT32_MAX)));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             static_cast<int>(c.max_concurrent_streams));
+  const auto ms = [](double s) {
+    return static_cast<int>(std::min<double>(std::llround(s * 1000), INT32_MAX));
+  };
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                             ms(c.min_ping_interval_s));
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, static_cast<int>(c.max_ping_strikes));
+  if (c.max_connection_age_s > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, ms(c.max_connection_age_s));
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                               ms(c.max_connection_age_grace_s));
+  }
+  grpc::ResourceQuota resource_quota("ldcp-server");
+  resource_quota.Resize(static_cast<size_t>(grpc_memory_quota(c)));
+  builder.SetResourceQuota(resource_quota);
 }
 
 int serve(const ServerConfig& c) {
@@ -62,9 +98,16 @@ int serve(const ServerConfig& c) {
   Authenticator auth(c.auth_tokens_file,
                      std::chrono::milliseconds(static_cast<int64_t>(c.auth_refresh_s * 1000)));
 
+  grpc_memory_quota(c);  // checked before the model loads
   // Metrics first: the endpoint answers (and a bad address fails) before the model loads.
   Metrics metrics;
-  MetricsHttpServer metrics_http(c.metrics_listen, metrics.registry());
+  MetricsHttpOptions metrics_options;
+  metrics_options.max_connections = c.metrics_max_connections;
+  metrics_options.timeout =
+      std::chrono::milliseconds(static_cast<int64_t>(std::ceil(c.metrics_timeout_s * 1000)));
+  metrics_options.max_header_bytes = c.metrics_max_header_bytes;
+  metrics_options.basic_auth_file = c.metrics_basic_auth_file;
+  MetricsHttpServer metrics_http(c.metrics_listen, metrics.registry(), metrics_options);
 
   log_info("loading " + c.model_dir + " on " + c.device + " (" + c.dtype + ")");
   SdEngine engine(c.model_dir, options);
@@ -127,8 +170,8 @@ int serve(const ServerConfig& c) {
   int port = 0;
   builder.AddListeningPort(c.listen, server_credentials(tls), &port);
   builder.RegisterService(&service);
-  builder.SetMaxReceiveMessageSize(static_cast<int>(c.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(c.max_message_bytes));
+  apply_transport_bounds(builder, c);
   auto server = builder.BuildAndStart();
   if (!server || port == 0) throw std::runtime_error("cannot listen on " + c.listen);
   auto* health = server->GetHealthCheckService();

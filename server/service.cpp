@@ -14,192 +14,59 @@
 
 namespace ldcp::server {
 
-RequestLimits RequestLimits::from(const ServerConfig& c, int64_t native_resolution) {
-  RequestLimits l;
-  l.min_size = c.min_size;
-  l.max_size = c.max_size;
-  l.default_size = c.default_size > 0 ? c.default_size : native_resolution;
-  l.max_steps = c.max_steps;
-  l.default_steps = c.default_steps;
-  l.max_guidance = c.max_guidance;
-  l.max_images = c.max_images;
-  l.max_prompt_chars = c.max_prompt_chars;
-  l.default_sampler = c.default_sampler;
-  l.max_level = c.max_level;
-  return l;
-}
-
-namespace {
-
-std::string fmt_num(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
-
-std::string join(const std::vector<std::string>& items) {
-  std::string out;
-  for (const auto& i : items) out += (out.empty() ? "" : ", ") + i;
-  return out;
-}
-
-bool is_level(double l) { return std::isfinite(l) && l >= 0.0 && l < 1.0; }
-
-}  // namespace
-
 std::string request_to_job(const v1::GenerateRequest& r, const RequestLimits& lim,
                            const Engine& engine, uint64_t random_seed, Job& job) {
+  ValidatedRequest v;
+  if (std::string error = validate_request(r, lim, random_seed, v); !error.empty()) return error;
   auto& p = job.params;
-  if (static_cast<int64_t>(r.prompt().size()) > lim.max_prompt_chars) {
-    return "prompt: at most " + std::to_string(lim.max_prompt_chars) + " bytes, got " +
-           std::to_string(r.prompt().size());
-  }
-  if (static_cast<int64_t>(r.negative_prompt().size()) > lim.max_prompt_chars) {
-    return "negative_prompt: at most " + std::to_string(lim.max_prompt_chars) + " bytes, got " +
-           std::to_string(r.negative_prompt().size());
-  }
-  p.prompt = r.prompt();
-  p.negative_prompt = r.negative_prompt();
-  for (auto [name, value, out] :
-       {std::tuple{"width", r.width(), &p.width}, std::tuple{"height", r.height(), &p.height}}) {
-    const int64_t v = value == 0 ? lim.default_size : static_cast<int64_t>(value);
-    if (v % 8 != 0 || v < lim.min_size || v > lim.max_size) {
-      return std::string(name) + ": must be a multiple of 8 in [" + std::to_string(lim.min_size) +
-             ", " + std::to_string(lim.max_size) + "] (0: default " +
-             std::to_string(lim.default_size) + "), got " + std::to_string(value);
-    }
-    *out = v;
-  }
-  const int64_t steps = r.steps() == 0 ? lim.default_steps : static_cast<int64_t>(r.steps());
-  if (steps < 1 || steps > lim.max_steps) {
-    return "steps: must be in [1, " + std::to_string(lim.max_steps) + "] (0: default " +
-           std::to_string(lim.default_steps) + "), got " + std::to_string(r.steps());
-  }
-  p.steps = steps;
-  if (r.has_guidance_scale()) {
-    const double g = r.guidance_scale();
-    if (!std::isfinite(g) || g < 0.0 || g > lim.max_guidance) {
-      return "guidance_scale: must be a finite number in [0, " + fmt_num(lim.max_guidance) +
-             "], got " + fmt_num(g);
-    }
-    p.guidance_scale = g;
-  } else {
-    p.guidance_scale = 7.5;
-  }
-  if (!std::isfinite(r.guidance_rescale()) || r.guidance_rescale() < 0.0 ||
-      r.guidance_rescale() > 1.0) {
-    return "guidance_rescale: must be in [0, 1], got " + fmt_num(r.guidance_rescale());
-  }
-  p.guidance_rescale = r.guidance_rescale();
-  p.sampler = r.sampler().empty() ? lim.default_sampler : r.sampler();
-  const auto& names = schedulers::sampler_names();
-  if (std::find(names.begin(), names.end(), p.sampler) == names.end()) {
-    return "sampler: must be one of " + join(names) + ", got '" + r.sampler() + "'";
-  }
-  if (!std::isfinite(r.eta()) || r.eta() < 0.0 || r.eta() > 1.0) {
-    return "eta: must be in [0, 1], got " + fmt_num(r.eta());
-  }
-  if (r.eta() != 0.0 && p.sampler != "ddim") {
-    return "eta: only the ddim sampler takes eta (must be 0 for " + p.sampler + ")";
-  }
-  p.eta = r.eta();
-  p.seed = r.has_seed() ? r.seed() : random_seed;
-  const int64_t images = r.num_images() == 0 ? 1 : static_cast<int64_t>(r.num_images());
-  if (images < 1 || images > lim.max_images) {
-    return "num_images: must be in [1, " + std::to_string(lim.max_images) + "], got " +
-           std::to_string(r.num_images());
-  }
-  p.num_images = images;
-
-  const auto& pr = r.pruning();
+  p.prompt = std::move(v.prompt);
+  p.negative_prompt = std::move(v.negative_prompt);
+  p.width = v.width;
+  p.height = v.height;
+  p.steps = v.steps;
+  p.guidance_scale = v.guidance_scale;
+  p.guidance_rescale = v.guidance_rescale;
+  p.sampler = v.sampler;
+  p.eta = v.eta;
+  p.seed = v.seed;
+  p.num_images = v.images;
+  job.priority = v.priority;
   auto& pj = job.pruning;
-  if (pr.has_max_level() && !is_level(pr.max_level())) {
-    return "pruning.max_level: must be in [0, 1), got " + fmt_num(pr.max_level());
-  }
-  if (pr.has_flops_budget() && pr.mode() != v1::PRUNING_MODE_FIXED) {
-    return "pruning.flops_budget: only allowed with mode FIXED";
-  }
-  switch (pr.mode()) {
-    case v1::PRUNING_MODE_UNSPECIFIED:
-    case v1::PRUNING_MODE_AUTO:
-      if (pr.level() != 0.0 || pr.per_step_levels_size() > 0) {
-        return "pruning.level / pruning.per_step_levels: only allowed with mode FIXED (AUTO "
-               "takes max_level)";
-      }
+  using P = ValidatedRequest::Pruning;
+  switch (v.pruning) {
+    case P::kAuto:
       pj.mode = PruningRequest::Mode::kAuto;
-      pj.max_level = pr.has_max_level() ? pr.max_level() : lim.max_level;
+      pj.max_level = v.max_level;
       break;
-    case v1::PRUNING_MODE_OFF:
-      if (pr.level() != 0.0 || pr.per_step_levels_size() > 0) {
-        return "pruning.level / pruning.per_step_levels: not allowed with mode OFF";
-      }
+    case P::kOff:
       pj.mode = PruningRequest::Mode::kOff;
       pj.schedule = pruning::PruningSchedule::off();
       break;
-    case v1::PRUNING_MODE_FIXED:
+    case P::kFixedLevel:
       pj.mode = PruningRequest::Mode::kFixed;
-      if (pr.has_flops_budget()) {
-        const double budget = pr.flops_budget();
-        if (pr.level() != 0.0 || pr.per_step_levels_size() > 0) {
-          return "pruning.flops_budget: not allowed with pruning.level or pruning.per_step_levels";
-        }
-        if (!(std::isfinite(budget) && budget > 0.0 && budget <= 1.0)) {
-          return "pruning.flops_budget: must be a FLOPs fraction in (0, 1], got " + fmt_num(budget);
-        }
-        try {
-          pj.schedule =
-              pruning::PruningSchedule::steps(engine.budget_levels(budget, p.sampler, steps));
-        } catch (const std::invalid_argument& e) {
-          return std::string("pruning.flops_budget: ") + e.what();
-        }
-      } else if (pr.per_step_levels_size() > 0) {
-        if (pr.per_step_levels_size() > steps) {
-          return "pruning.per_step_levels: at most one level per step (" + std::to_string(steps) +
-                 "), got " + std::to_string(pr.per_step_levels_size());
-        }
-        std::vector<double> levels;
-        for (int i = 0; i < pr.per_step_levels_size(); ++i) {
-          if (!is_level(pr.per_step_levels(i))) {
-            return "pruning.per_step_levels[" + std::to_string(i) + "]: must be in [0, 1), got " +
-                   fmt_num(pr.per_step_levels(i));
-          }
-          levels.push_back(pr.per_step_levels(i));
-        }
-        pj.schedule = pruning::PruningSchedule::steps(std::move(levels));
-      } else {
-        if (!is_level(pr.level())) {
-          return "pruning.level: must be in [0, 1), got " + fmt_num(pr.level());
-        }
-        pj.schedule = pr.level() > 0 ? pruning::PruningSchedule::fixed(pr.level())
-                                     : pruning::PruningSchedule::off();
+      pj.schedule =
+          v.level > 0 ? pruning::PruningSchedule::fixed(v.level) : pruning::PruningSchedule::off();
+      break;
+    case P::kFixedSteps:
+      pj.mode = PruningRequest::Mode::kFixed;
+      pj.schedule = pruning::PruningSchedule::steps(std::move(v.step_levels));
+      break;
+    case P::kFixedBudget:
+      pj.mode = PruningRequest::Mode::kFixed;
+      try {
+        pj.schedule = pruning::PruningSchedule::steps(
+            engine.budget_levels(v.flops_budget, p.sampler, p.steps));
+      } catch (const std::invalid_argument& e) {
+        return std::string("pruning.flops_budget: ") + e.what();
       }
-      if (pr.has_max_level() && pj.schedule.max_level() > pr.max_level()) {
-        return "pruning.max_level: the FIXED schedule's highest level " +
-               fmt_num(pj.schedule.max_level()) + " exceeds max_level " + fmt_num(pr.max_level());
+      if (v.has_max_level && pj.schedule.max_level() > v.max_level) {
+        std::ostringstream m;
+        m << "pruning.max_level: the FIXED schedule's highest level " << pj.schedule.max_level()
+          << " exceeds max_level " << v.max_level;
+        return m.str();
       }
       break;
-    default:
-      return "pruning.mode: must be AUTO, OFF or FIXED, got " + std::to_string(pr.mode());
   }
-  if (r.output_format() != v1::OUTPUT_FORMAT_UNSPECIFIED &&
-      r.output_format() != v1::OUTPUT_FORMAT_PNG) {
-    return "output_format: must be PNG, got " + std::to_string(r.output_format());
-  }
-  if (static_cast<int64_t>(r.request_id().size()) > lim.max_request_id_chars) {
-    return "request_id: at most " + std::to_string(lim.max_request_id_chars) + " bytes, got " +
-           std::to_string(r.request_id().size());
-  }
-  for (unsigned char ch : r.request_id()) {
-    if (ch < 0x20 || ch == 0x7f) return "request_id: control characters are not allowed";
-  }
-  if (r.priority() < -1000 || r.priority() > 1000) {
-    return "priority: must be in [-1000, 1000], got " + std::to_string(r.priority());
-  }
-  if (r.preview_every() > static_cast<uint32_t>(steps)) {
-    return "preview_every: must be in [0, steps=" + std::to_string(steps) + "], got " +
-           std::to_string(r.preview_every());
-  }
-  job.priority = r.priority();
   // The pipeline's own checks (the schedule included) as a backstop.
   try {
     auto check = p;
@@ -235,7 +102,9 @@ struct GenerationService::Shared {
 
 GenerationService::GenerationService(RequestScheduler& scheduler, Engine& engine, Metrics* metrics,
                                      RequestLimits limits)
-    : shared_(std::make_shared<Shared>(scheduler, engine, metrics, std::move(limits))) {}
+    : shared_(std::make_shared<Shared>(scheduler, engine, metrics, std::move(limits))) {
+  shared_->limits.samplers = schedulers::sampler_names();
+}
 
 void GenerationService::set_authenticator(Authenticator* auth) { shared_->auth = auth; }
 
@@ -275,6 +144,16 @@ grpc::StatusCode to_grpc(Status s) {
   return grpc::StatusCode::UNKNOWN;
 }
 
+// A message as gRPC sends it (the methods are raw: service.h).
+template <class Message>
+grpc::ByteBuffer serialize(const Message& message) {
+  grpc::ByteBuffer out;
+  bool own = false;
+  const auto status = grpc::SerializationTraits<Message>::Serialize(message, &out, &own);
+  if (!status.ok()) throw std::runtime_error("serializing: " + status.error_message());
+  return out;
+}
+
 // SD latent space -> approximate RGB, a linear map widely used for previews.
 v1::Image latent_preview(const at::Tensor& latents) {
   static const float kFactors[4][3] = {{0.298f, 0.207f, 0.208f},
@@ -299,8 +178,8 @@ v1::Image latent_preview(const at::Tensor& latents) {
 class CallCore {
  public:
   CallCore(std::shared_ptr<GenerationService::Shared> shared, grpc::CallbackServerContext* ctx,
-           const v1::GenerateRequest* request, const char* method)
-      : shared_(std::move(shared)), ctx_(ctx), request_(request), method_(method) {}
+           const grpc::ByteBuffer* bytes, const char* method)
+      : shared_(std::move(shared)), ctx_(ctx), bytes_(bytes), method_(method) {}
 
   // Returns an error status when the request is rejected before submission.
   std::optional<grpc::Status> prepare() {
@@ -309,6 +188,7 @@ class CallCore {
     job_->method = method_;
     // The token first: a caller without one learns nothing about its request.
     if (auto denied = authenticate()) return denied;
+    if (auto rejected = parse()) return rejected;
     job_->id = request_->request_id().empty()
                    ? "req-" + std::to_string(shared_->next_id.fetch_add(1))
                    : request_->request_id();
@@ -321,13 +201,74 @@ class CallCore {
       record(o);
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, error);
     }
+    validated_ = true;
     if (auto denied = admit()) return denied;
+    set_deadline();
+    return std::nullopt;
+  }
+
+  // The request's bytes into parsed_: a request over --max-receive-bytes or one protobuf cannot
+  // parse is rejected, counted and logged like any other.
+  std::optional<grpc::Status> parse() {
+    const size_t size = bytes_ ? bytes_->Length() : 0;
+    std::string error;
+    auto code = grpc::StatusCode::INVALID_ARGUMENT;
+    if (static_cast<int64_t>(size) > shared_->limits.max_receive_bytes) {
+      code = grpc::StatusCode::RESOURCE_EXHAUSTED;
+      error = "request is " + std::to_string(size) + " bytes, more than --max-receive-bytes (" +
+              std::to_string(shared_->limits.max_receive_bytes) + ")";
+    } else {
+      std::string data;
+      std::vector<grpc::Slice> slices;
+      if (bytes_ && bytes_->Dump(&slices).ok()) {
+        data.reserve(size);
+        for (const auto& slice : slices) {
+          data.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+        }
+      }
+      if (parse_request(data, parsed_, error)) {
+        parsed_ok_ = true;
+        return std::nullopt;
+      }
+    }
+    parsed_.Clear();
+    job_->id = "req-" + std::to_string(shared_->next_id.fetch_add(1));
+    JobOutcome o;
+    o.status = code == grpc::StatusCode::INVALID_ARGUMENT ? Status::kInvalidArgument
+                                                          : Status::kResourceExhausted;
+    o.message = error;
+    record(o);
+    return grpc::Status(code, error);
+  }
+
+  // The client's deadline, capped by --max-deadline (which requests without one get).
+  void set_deadline() {
+    std::optional<Clock::time_point> d;
     const auto deadline = ctx_->deadline();
     if (deadline != std::chrono::system_clock::time_point::max()) {
-      job_->deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                          deadline - std::chrono::system_clock::now());
+      d = Clock::now() +
+          std::chrono::duration_cast<Clock::duration>(deadline - std::chrono::system_clock::now());
     }
-    return std::nullopt;
+    const double cap_s = shared_->limits.max_deadline_s;
+    if (cap_s > 0) {
+      const auto cap = arrival_ + std::chrono::duration_cast<Clock::duration>(
+                                      std::chrono::duration<double>(cap_s));
+      if (!d || cap < *d) {
+        d = cap;
+        deadline_capped_ = true;
+      }
+    }
+    job_->deadline = d;
+  }
+
+  // Every outcome before it is sent: a deadline the server set says so.
+  void explain(JobOutcome& o) const {
+    if (o.status == Status::kDeadlineExceeded && deadline_capped_) {
+      std::ostringstream m;
+      m << o.message << " (the server's --max-deadline of " << shared_->limits.max_deadline_s
+        << " s)";
+      o.message = m.str();
+    }
   }
 
   // Authentication and authorization (server/auth.h): the token before validation, the client's
@@ -386,15 +327,26 @@ class CallCore {
                                          identity_.client.empty() ? "anonymous" : identity_.client);
     }
     RequestLogLine line;
-    line.id = job_ ? job_->id : request_->request_id();
+    line.id = job_ ? job_->id : request_->request_id();  // logging.h bounds and escapes it
     line.method = method_;
     line.status = status;
     line.message = o.message;
-    if (job_) {
+    if (validated_) {
       line.width = job_->params.width;
       line.height = job_->params.height;
       line.steps = job_->params.steps;
       line.images = job_->params.num_images;
+    } else if (parsed_ok_) {
+      // Rejected: what it asked for (zeros when it did not parse).
+      const auto asked = asked_shape(*request_, shared_->limits);
+      line.width = asked.width;
+      line.height = asked.height;
+      line.steps = asked.steps;
+      line.images = asked.images;
+    }
+    if (o.status == Status::kOk && validated_ && shared_->metrics &&
+        job_->pruning.mode == PruningRequest::Mode::kAuto) {
+      shared_->metrics->auto_request_served(o.result.pruned_flops_fraction);
     }
     line.batch = o.batch_requests;
     line.level = o.level;
@@ -440,7 +392,12 @@ class CallCore {
 
   std::shared_ptr<GenerationService::Shared> shared_;
   grpc::CallbackServerContext* ctx_;
-  const v1::GenerateRequest* request_;
+  const grpc::ByteBuffer* bytes_;
+  v1::GenerateRequest parsed_;
+  const v1::GenerateRequest* request_ = &parsed_;
+  bool parsed_ok_ = false;
+  bool validated_ = false;
+  bool deadline_capped_ = false;
   const char* method_;
   Clock::time_point arrival_ = Clock::now();
   std::shared_ptr<Job> job_;
@@ -451,17 +408,20 @@ class CallCore {
 class UnaryCall final : public grpc::ServerUnaryReactor {
  public:
   UnaryCall(std::shared_ptr<GenerationService::Shared> shared, grpc::CallbackServerContext* ctx,
-            const v1::GenerateRequest* request, v1::GenerateResponse* response)
+            const grpc::ByteBuffer* request, grpc::ByteBuffer* response)
       : core_(std::move(shared), ctx, request, "Generate"), response_(response) {
     if (auto error = core_.prepare()) {
       Finish(*error);
       return;
     }
     core_.job_->on_done = [this](JobOutcome&& o) {
+      core_.explain(o);
       grpc::Status status(to_grpc(o.status), o.message);
       if (o.status == Status::kOk) {
         try {
-          core_.fill(o, response_);
+          v1::GenerateResponse response;
+          core_.fill(o, &response);
+          *response_ = serialize(response);
         } catch (const std::exception& e) {
           o.status = Status::kInternal;
           o.message = std::string("encoding the response: ") + e.what();
@@ -480,20 +440,20 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
 
  private:
   CallCore core_;
-  v1::GenerateResponse* response_;
+  grpc::ByteBuffer* response_;
 };
 
-class StreamCall final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
+class StreamCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   StreamCall(std::shared_ptr<GenerationService::Shared> shared, grpc::CallbackServerContext* ctx,
-             const v1::GenerateRequest* request)
+             const grpc::ByteBuffer* request)
       : core_(std::move(shared), ctx, request, "GenerateStream") {
     if (auto error = core_.prepare()) {
       finished_ = true;
       Finish(*error);
       return;
     }
-    const uint32_t preview_every = request->preview_every();
+    const uint32_t preview_every = core_.request_->preview_every();
     core_.job_->on_step = [this, preview_every](const pipelines::StepInfo& info, double level) {
       v1::GenerateEvent ev;
       auto* p = ev.mutable_progress();
@@ -510,15 +470,17 @@ class StreamCall final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
           log_debug(std::string("preview failed: ") + e.what());
         }
       }
-      progress(std::move(ev));
+      progress(serialize(ev));
     };
     core_.job_->on_done = [this](JobOutcome&& o) {
-      std::optional<v1::GenerateEvent> result;
+      core_.explain(o);
+      std::optional<grpc::ByteBuffer> result;
       grpc::Status status(to_grpc(o.status), o.message);
       if (o.status == Status::kOk) {
         try {
-          result.emplace();
-          core_.fill(o, result->mutable_result());
+          v1::GenerateEvent event;
+          core_.fill(o, event.mutable_result());
+          result = serialize(event);
         } catch (const std::exception& e) {
           result.reset();
           o.status = Status::kInternal;
@@ -565,7 +527,7 @@ class StreamCall final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
   void OnDone() override { delete this; }
 
  private:
-  void progress(v1::GenerateEvent&& ev) {
+  void progress(grpc::ByteBuffer&& ev) {
     std::lock_guard lock(mu_);
     if (finished_ || final_ready_) return;
     if (writing_) {
@@ -598,21 +560,21 @@ class StreamCall final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
   bool final_ready_ = false;
   bool has_final_event_ = false;
   grpc::Status final_status_;
-  v1::GenerateEvent current_;
-  v1::GenerateEvent final_;
-  std::optional<v1::GenerateEvent> pending_;
+  grpc::ByteBuffer current_;
+  grpc::ByteBuffer final_;
+  std::optional<grpc::ByteBuffer> pending_;
 };
 
 }  // namespace
 
 grpc::ServerUnaryReactor* GenerationService::Generate(grpc::CallbackServerContext* context,
-                                                      const v1::GenerateRequest* request,
-                                                      v1::GenerateResponse* response) {
+                                                      const grpc::ByteBuffer* request,
+                                                      grpc::ByteBuffer* response) {
   return new UnaryCall(shared_, context, request, response);
 }
 
-grpc::ServerWriteReactor<v1::GenerateEvent>* GenerationService::GenerateStream(
-    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::GenerateStream(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
   return new StreamCall(shared_, context, request);
 }
 

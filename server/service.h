@@ -14,33 +14,27 @@
 #include "server/config.h"
 #include "server/engine.h"
 #include "server/request_scheduler.h"
+#include "server/request_validation.h"
 
 namespace ldcp::server {
 
 class Authenticator;
 class Metrics;
 
-struct RequestLimits {
-  int64_t min_size = 64, max_size = 1024, default_size = 512;
-  int64_t max_steps = 150, default_steps = 30;
-  double max_guidance = 50.0;
-  int64_t max_images = 4;
-  int64_t max_prompt_chars = 2000;
-  std::string default_sampler = "pndm";
-  double max_level = 0.7;
-  int64_t max_request_id_chars = 128;
-  int64_t max_preview_every = 1000;
-
-  static RequestLimits from(const ServerConfig& config, int64_t native_resolution);
-};
-
-// Checks every field and fills `job` (params, pruning, priority, id). Returns an empty string
-// when valid, otherwise the message for INVALID_ARGUMENT (naming the field and the allowed range).
-// `random_seed` is used when the request has no seed.
+// Checks every field (validate_request, request_validation.h), then what needs the engine (a
+// FIXED FLOPs budget's step levels, the pipeline's own checks), and fills `job` (params,
+// pruning, priority). Returns an empty string when valid, otherwise the message for
+// INVALID_ARGUMENT. `random_seed` is used when the request has no seed.
 std::string request_to_job(const v1::GenerateRequest& request, const RequestLimits& limits,
                            const Engine& engine, uint64_t random_seed, Job& job);
 
-class GenerationService final : public v1::ImageGeneration::CallbackService {
+// Both methods are registered raw (ByteBuffer in and out): the service parses the request
+// itself, so bytes protobuf cannot parse get INVALID_ARGUMENT, a count and a log line like any
+// other rejected request (gRPC's generated handler answers them itself, without either).
+using RawImageGenerationService = v1::ImageGeneration::WithRawCallbackMethod_Generate<
+    v1::ImageGeneration::WithRawCallbackMethod_GenerateStream<v1::ImageGeneration::Service>>;
+
+class GenerationService final : public RawImageGenerationService {
  public:
   GenerationService(RequestScheduler& scheduler, Engine& engine, Metrics* metrics,
                     RequestLimits limits);
@@ -50,10 +44,10 @@ class GenerationService final : public v1::ImageGeneration::CallbackService {
   void set_authenticator(Authenticator* auth);
 
   grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
-                                     const v1::GenerateRequest* request,
-                                     v1::GenerateResponse* response) override;
-  grpc::ServerWriteReactor<v1::GenerateEvent>* GenerateStream(
-      grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerateStream(
+      grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) override;
 
   // Internal, for the call objects.
   struct Shared;
