@@ -226,5 +226,77 @@ class Bounds(unittest.TestCase):
                 self.assertRegex(out, rf"--{option}\b[^\n]*\(Env:{env}\)")
 
 
+class AutoscalerSignal(unittest.TestCase):
+    def test_fixed_levels_do_not_count_in_the_auto_pruning_ratio(self):
+        names = ("ldcp_auto_pruning_ratio_count", "ldcp_auto_pruning_ratio_sum",
+                 "ldcp_pruning_ratio_count", "ldcp_pruning_ratio_sum")
+        before = {n: total(n) for n in names}
+        fixed = [STUB.Generate(request(pruning=pb.Pruning(mode=pb.PRUNING_MODE_FIXED, level=0.7)),
+                               timeout=60) for _ in range(2)]
+        auto = STUB.Generate(request(), timeout=60)
+        after = {n: total(n) for n in names}
+        self.assertGreater(min(r.pruning_ratio for r in fixed), 0.1)
+        # Every mode in ldcp_pruning_ratio; only AUTO's own choice in ldcp_auto_pruning_ratio.
+        self.assertEqual(after["ldcp_pruning_ratio_count"] - before["ldcp_pruning_ratio_count"], 3)
+        self.assertEqual(
+            after["ldcp_auto_pruning_ratio_count"] - before["ldcp_auto_pruning_ratio_count"], 1)
+        self.assertAlmostEqual(
+            after["ldcp_auto_pruning_ratio_sum"] - before["ldcp_auto_pruning_ratio_sum"],
+            auto.pruning_ratio, places=6)
+
+
+AGE = 4  # --max-connection-age of the Connections server (gRPC adds +-10% jitter)
+
+
+class Connections(unittest.TestCase):
+    """Keepalive enforcement and the connection age, seen as the client's channel state."""
+
+    @classmethod
+    def setUpClass(cls):
+        model = lib.demo_model(WORK)
+        cls.server = lib.Server(model, WORK, "--device", "cpu", "--memory-budget", "64GiB",
+                                "--default-size", SIZE, "--calibrate-sizes", f"{SIZE}x{SIZE}",
+                                "--calibrate-levels", "0", "--calibrate-steps", 1,
+                                "--max-batch", 1, "--max-connection-age", AGE,
+                                "--max-connection-age-grace", 1, "--min-ping-interval", 10,
+                                "--max-ping-strikes", 1, name="connections").wait_ready()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+
+    def watch(self, options, seconds):
+        """(seconds after READY when the channel left it, or None), with one request made."""
+        states = []
+        channel = grpc.insecure_channel(self.server.target, options=options)
+        channel.subscribe(lambda s: states.append((time.time(), s)), try_to_connect=True)
+        try:
+            pb_grpc.ImageGenerationStub(channel).Generate(request(), timeout=30)
+            deadline = time.time() + seconds
+            while time.time() < deadline:
+                time.sleep(0.05)
+            ready = [t for t, s in states if s == grpc.ChannelConnectivity.READY]
+            left = [t for t, s in states if ready and t > ready[0]
+                    and s != grpc.ChannelConnectivity.READY]
+            return (left[0] - ready[0]) if left else None
+        finally:
+            channel.close()
+
+    def test_connection_age_ends_connections(self):
+        # Before: connections lived for ever, so clients never rebalanced onto new replicas.
+        left = self.watch([], AGE * 1.1 + 2)
+        self.assertIsNotNone(left, "the connection outlived --max-connection-age")
+        self.assertGreater(left, AGE * 0.9 - 0.5)
+
+    def test_too_frequent_pings_end_the_connection(self):
+        left = self.watch([("grpc.keepalive_time_ms", 100),
+                           ("grpc.keepalive_permit_without_calls", 1),
+                           ("grpc.http2.max_pings_without_data", 0),
+                           ("grpc.http2.min_time_between_pings_ms", 100)], AGE * 0.8)
+        # grpcio pings at most once a second: the second ping too soon is a strike too many.
+        self.assertIsNotNone(left, "pings every second were tolerated")
+        self.assertLess(left, AGE * 0.8)  # before the connection's age could end it
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
