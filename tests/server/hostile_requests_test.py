@@ -259,7 +259,8 @@ class Connections(unittest.TestCase):
                                 "--calibrate-levels", "0", "--calibrate-steps", 1,
                                 "--max-batch", 1, "--max-connection-age", AGE,
                                 "--max-connection-age-grace", 1, "--min-ping-interval", 10,
-                                "--max-ping-strikes", 1, name="connections").wait_ready()
+                                "--max-ping-strikes", 1, "--max-concurrent-streams", 1,
+                                name="connections").wait_ready()
 
     @classmethod
     def tearDownClass(cls):
@@ -281,6 +282,21 @@ class Connections(unittest.TestCase):
             return (left[0] - ready[0]) if left else None
         finally:
             channel.close()
+
+    def test_one_stream_per_connection(self):
+        # --max-concurrent-streams 1: the second call on the connection waits in the client
+        # until the first ends, so the server sees it arrive late and serve it quickly.
+        with grpc.insecure_channel(self.server.target) as channel:
+            stub = pb_grpc.ImageGenerationStub(channel)
+            stub.Generate(request(), timeout=30)  # connected
+            t0 = time.time()
+            first = stub.Generate.future(request(steps=60), timeout=60)
+            second = stub.Generate.future(request(steps=2), timeout=60)
+            a, b = first.result(), second.result()
+            waited = time.time() - t0
+        self.assertGreater(waited, a.timings.total_seconds)
+        self.assertLess(b.timings.total_seconds, 0.6 * a.timings.total_seconds)
+        self.assertLess(b.timings.queue_seconds, 0.5 * a.timings.total_seconds)
 
     def test_connection_age_ends_connections(self):
         # Before: connections lived for ever, so clients never rebalanced onto new replicas.
