@@ -111,6 +111,7 @@ void log_request(const RequestLogLine& l) {
                         {"peak_memory_bytes", l.peak_memory_bytes},
                         {"oom_retry", l.retried_after_oom}};
     if (!l.level_reason.empty()) j["level_reason"] = l.level_reason;
+    if (!l.client.empty()) j["client"] = l.client;
     if (!l.message.empty()) j["message"] = bounded(l.message, kMaxLoggedMessageBytes);
     g_requests->log(severity, "{}",
                     j.dump(-1, ' ', true, nlohmann::json::error_handler_t::replace));
@@ -120,11 +121,11 @@ void log_request(const RequestLogLine& l) {
       severity,
       "id={} method={} status={} size={}x{} steps={} images={} batch={} level={:.2f} "
       "pruning_ratio={:.3f} queue_s={:.3f} encode_s={:.3f} denoise_s={:.3f} "
-      "decode_s={:.3f} total_s={:.3f} peak_memory_bytes={}{}{}{}",
+      "decode_s={:.3f} total_s={:.3f} peak_memory_bytes={}{}{}{}{}",
       text_id(l.id), l.method, l.status, l.width, l.height, l.steps, l.images, l.batch, l.level,
       l.pruning_ratio, l.queue_s, l.text_encoding_s, l.denoising_s, l.decoding_s, l.total_s,
       l.peak_memory_bytes, l.level_reason.empty() ? "" : " level_reason=" + l.level_reason,
-      l.retried_after_oom ? " oom_retry=1" : "",
+      l.retried_after_oom ? " oom_retry=1" : "", l.client.empty() ? "" : " client=" + l.client,
       l.message.empty() ? ""
                         : " message=" + json_quoted(bounded(l.message, kMaxLoggedMessageBytes)));
 }

@@ -20,6 +20,8 @@ struct RequestLogLine {
   int64_t peak_memory_bytes = 0;
   bool retried_after_oom = false;
   std::string level_reason;  // AUTO: memory, throughput, request_cap or none; else empty
+  // With --auth-tokens-file: the caller's name, or "unauthenticated"; else empty.
+  std::string client;
 };
 
 void log_request(const RequestLogLine& line);

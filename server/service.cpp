@@ -330,6 +330,7 @@ class CallCore {
     line.id = job_ ? job_->id : request_->request_id();  // logging.h bounds and escapes it
     line.method = method_;
     line.status = status;
+    line.client = identity_.client;  // empty without authentication
     line.message = o.message;
     if (validated_) {
       line.width = job_->params.width;

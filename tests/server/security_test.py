@@ -284,6 +284,9 @@ class T2Tokens(unittest.TestCase):
         self.assertEqual(self.call(token_md("alice"), width=7), grpc.StatusCode.INVALID_ARGUMENT)
         # Health stays open without a token.
         self.assertEqual(health(self.channel), health_pb2.HealthCheckResponse.SERVING)
+        # Request log lines name the client (names from the file only).
+        self.assertRegex(MTLS.log(), r"method=Generate status=OK .* client=alice")
+        self.assertRegex(MTLS.log(), r"status=UNAUTHENTICATED .* client=unauthenticated")
         self.assertNotIn("not-a-token", MTLS.log())
         self.assertNotIn(TOKENS["alice"], MTLS.log())
 
