@@ -4,6 +4,7 @@ request's log line says what it asked for, bytes protobuf cannot parse are INVAL
 (counted and logged), and the work, deadline and receive bounds hold with messages naming their
 options. Run by CTest (server_hostile_requests)."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -260,7 +261,7 @@ class Connections(unittest.TestCase):
                                 "--max-batch", 1, "--max-connection-age", AGE,
                                 "--max-connection-age-grace", 1, "--min-ping-interval", 10,
                                 "--max-ping-strikes", 1, "--max-concurrent-streams", 1,
-                                name="connections").wait_ready()
+                                "--log-format", "json", name="connections").wait_ready()
 
     @classmethod
     def tearDownClass(cls):
@@ -297,6 +298,26 @@ class Connections(unittest.TestCase):
         self.assertGreater(waited, a.timings.total_seconds)
         self.assertLess(b.timings.total_seconds, 0.6 * a.timings.total_seconds)
         self.assertLess(b.timings.queue_seconds, 0.5 * a.timings.total_seconds)
+
+    def test_json_log_lines_stay_json_and_bounded(self):
+        with grpc.insecure_channel(self.server.target) as channel:
+            stub = pb_grpc.ImageGenerationStub(channel)
+            for rid in ("J" * 1_000_000, "nel\u0085\"}, {\"forged\": 1", "ok-json-id"):
+                try:
+                    stub.Generate(request(request_id=rid, width=7), timeout=30)
+                except grpc.RpcError as e:
+                    self.assertEqual(e.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        text = self.server.log()
+        self.assertNotIn("\u0085", text.replace("\\u0085", ""))  # escaped, never raw
+        ids = []
+        for line in text.splitlines():
+            obj = json.loads(line)  # every line is one JSON object
+            if obj.get("event") == "request":
+                ids.append(obj["id"])
+                self.assertNotIn("forged", obj)
+        self.assertIn("ok-json-id", ids)
+        self.assertTrue(any(i.startswith("JJJ") and i.endswith("(1000000 bytes)") and len(i) < 200
+                            for i in ids), [i[:40] for i in ids])
 
     def test_connection_age_ends_connections(self):
         # Before: connections lived for ever, so clients never rebalanced onto new replicas.
