@@ -51,11 +51,13 @@ void add_options(CLI::App& app, ServerConfig& c) {
       ->capture_default_str();
 
   app.add_option("--memory-budget", c.memory_budget,
-                 "Device memory the server may use (bytes or e.g. 8GiB). Default on CUDA: the "
-                 "device's memory less --memory-headroom; required on CPU")
+                 "Device memory the server may use (bytes or e.g. 8GiB). Default: on CUDA the "
+                 "device's memory, on CPU the cgroup's memory limit or else the machine's "
+                 "memory, less --memory-headroom")
       ->envname(env("MEMORY_BUDGET"));
   app.add_option("--memory-headroom", c.memory_headroom,
-                 "CUDA: memory left to others when the budget is derived from the device")
+                 "Memory left to others (CUDA) or to the process's own code and buffers (CPU) "
+                 "when the budget is derived")
       ->envname(env("MEMORY_HEADROOM"))
       ->capture_default_str();
 

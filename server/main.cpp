@@ -28,6 +28,7 @@
 #include "server/config.h"
 #include "server/cost_model.h"
 #include "server/credentials.h"
+#include "server/host_memory.h"
 #include "server/logging.h"
 #include "server/memory_budget.h"
 #include "server/metrics.h"
@@ -111,8 +112,22 @@ int serve(const ServerConfig& c) {
 
   log_info("loading " + c.model_dir + " on " + c.device + " (" + c.dtype + ")");
   SdEngine engine(c.model_dir, options);
-  MemoryBudget budget(c.memory_budget.empty() ? 0 : parse_bytes(c.memory_budget),
-                      parse_bytes(c.memory_headroom), [&engine] { return engine.memory(); });
+  int64_t budget_bytes = c.memory_budget.empty() ? 0 : parse_bytes(c.memory_budget);
+  const int64_t headroom = parse_bytes(c.memory_headroom);
+  if (budget_bytes == 0 && engine.memory().device_total_bytes <= 0) {
+    // CPU without --memory-budget: the cgroup's limit (a pod's memory limit) or the machine's.
+    if (const auto host = host_memory_limit()) {
+      budget_bytes = host->bytes - headroom;
+      if (budget_bytes <= 0) {
+        throw std::invalid_argument("--memory-headroom leaves nothing of the " +
+                                    std::to_string(host->bytes) + " bytes of the " + host->source);
+      }
+      log_info(strf("memory budget from the %s: %lld bytes less --memory-headroom %lld",
+                    host->source.c_str(), static_cast<long long>(host->bytes),
+                    static_cast<long long>(headroom)));
+    }
+  }
+  MemoryBudget budget(budget_bytes, headroom, [&engine] { return engine.memory(); });
   metrics.set_memory(budget.in_use_bytes(), budget.budget_bytes());
 
   // Calibration: real runs at the configured sizes and levels.
