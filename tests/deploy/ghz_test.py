@@ -152,8 +152,12 @@ class Live(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.work = dl.workdir("ldcp-deploy-ghz-")
+        # The gpu overlay's scheduling, without its TLS, tokens and reflection off: this is what
+        # ghz against a local server sees (run.sh passes the options for those after `--`).
+        plain = {k: "" for k in dl.SECRET_FILE_OPTIONS}
         cls.server = dl.start_server(cls.work, overlay="gpu", LDCP_DEVICE="cpu", LDCP_DTYPE="fp32",
-                                     LDCP_FP16_WEIGHTS="false", LDCP_MEMORY_BUDGET="4GiB")
+                                     LDCP_FP16_WEIGHTS="false", LDCP_MEMORY_BUDGET="4GiB",
+                                     LDCP_REFLECTION="true", **plain)
         cls.channel = grpc.insecure_channel(cls.server.target, options=[
             ("grpc.max_receive_message_length", 64 << 20)])
 
@@ -321,6 +325,20 @@ class RunScript(unittest.TestCase):
         self.assertIn(target, call)
         r = self.run_script(env, "--out", str(out), "no-such-scenario")
         self.assertEqual(r.returncode, 2)
+
+    def test_options_after_dashes_reach_ghz(self):
+        # A server with TLS, tokens and reflection off (the gpu overlay): ghz's own options.
+        work = dl.workdir("ldcp-ghz-run-")
+        self.addCleanup(shutil.rmtree, work, ignore_errors=True)
+        env = self.fake_ghz(work)
+        tls = ["--proto", "proto/ldcp/v1/ldcp.proto", "--cacert", "ca.crt",
+               "--metadata", '{"authorization":"Bearer t"}']
+        r = self.run_script(env, "--host", "127.0.0.1:50051", "--out", str(work / "r"),
+                            "steady", "--", *tls)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        call = (work / "calls.log").read_text()
+        self.assertIn(" ".join(tls), call)
+        self.assertTrue(call.strip().endswith(" 127.0.0.1:50051"), call)
 
 
 if __name__ == "__main__":
