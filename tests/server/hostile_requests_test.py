@@ -190,7 +190,7 @@ class Bounds(unittest.TestCase):
     def test_requests_without_a_deadline_get_the_servers(self):
         t0 = time.time()
         e = rejected(STUB.Generate, request(width=256, height=256, num_images=4, steps=150),
-                     timeout=60)
+                     timeout=None)
         self.assertEqual(e.code(), grpc.StatusCode.DEADLINE_EXCEEDED, e.details())
         self.assertIn("--max-deadline", e.details())
         self.assertLess(time.time() - t0, MAX_DEADLINE + 10)
