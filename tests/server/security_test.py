@@ -313,10 +313,11 @@ class T2Tokens(unittest.TestCase):
                     finished.append((label, f.code()))
 
             fut.add_done_callback(done)
-            time.sleep(0.3)  # arrival order = submission order
+            time.sleep(0.2)  # arrival order = submission order
             return fut
 
-        blocker = self.stub.GenerateStream(request(steps=150, width=128, height=128,
+        # ~12 s here alone (256x256, 150 steps); cancelled once the others are queued.
+        blocker = self.stub.GenerateStream(request(steps=150, width=256, height=256,
                                                    guidance_scale=1.0),
                                            metadata=token_md("hi"), timeout=120)
         next(blocker)  # the first progress event: it runs
@@ -326,6 +327,7 @@ class T2Tokens(unittest.TestCase):
         f = submit("one", "f")
         g = submit("one", "g")              # a second "one" request in flight: over max_in_flight=1
         d = submit("hi", "d", priority=50)  # hi may use 50: runs first
+        self.assertTrue(blocker.is_active(), "the blocker ended before the others were queued")
         self.assertEqual(e.exception().code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
         self.assertIn("max_queued", e.exception().details())
         self.assertEqual(g.exception().code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
