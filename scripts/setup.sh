@@ -27,6 +27,8 @@ APT_PACKAGES=(
 # manifests with kubectl kustomize (kubectl and hadolint come as PyPI wheels, requirements-test.txt).
 # openssl makes the certificates of the TLS tests (tests/server/security_test.py).
 if ((want_test_deps)); then APT_PACKAGES+=(prometheus openssl); fi
+# clang and its libFuzzer and sanitizer runtimes build the fuzz targets (tests/fuzz).
+if ((want_test_deps)); then APT_PACKAGES+=(clang libclang-rt-14-dev); fi
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

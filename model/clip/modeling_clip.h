@@ -17,33 +17,10 @@
 #include <torch/nn/modules/normalization.h>
 #include <nlohmann/json_fwd.hpp>
 
+#include "model/clip/configuration_clip.h"
 #include "model/io/weights.h"
 
 namespace ldcp::clip {
-
-// transformers' CLIPTextConfig; defaults as there (openai/clip-vit-base-patch32's text tower).
-struct ClipTextConfig {
-  int64_t vocab_size = 49408;
-  int64_t hidden_size = 512;
-  int64_t intermediate_size = 2048;
-  int64_t projection_dim = 512;  // read for completeness; CLIPTextModel has no projection
-  int64_t num_hidden_layers = 12;
-  int64_t num_attention_heads = 8;
-  int64_t max_position_embeddings = 77;
-  // One of transformers' ACT2FN entries without parameters: quick_gelu, gelu, gelu_python,
-  // gelu_new, gelu_accurate, gelu_pytorch_tanh, gelu_python_tanh, gelu_fast, gelu_10, relu,
-  // relu6, silu, swish, sigmoid, tanh, mish, linear.
-  std::string hidden_act = "quick_gelu";
-  double layer_norm_eps = 1e-5;
-  double attention_dropout = 0.0;  // inference only: never applied
-  int64_t pad_token_id = 1;
-  int64_t bos_token_id = 49406;
-  int64_t eos_token_id = 49407;
-
-  // From text_encoder/config.json; throws io::ConfigError naming the key for wrong types,
-  // unknown activations and a hidden_size that the heads do not divide.
-  static ClipTextConfig from_json(const nlohmann::json& config);
-};
 
 // token_embedding + position_embedding (positions 0..L-1; transformers' position_ids buffer is
 // not persistent, so it is no parameter here).

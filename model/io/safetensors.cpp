@@ -21,9 +21,6 @@ static_assert(std::endian::native == std::endian::little, "safetensors I/O assum
 namespace ldcp::io {
 namespace {
 
-// The reference implementation's cap on the JSON header (safetensors' MAX_HEADER_SIZE).
-constexpr uint64_t kMaxHeaderSize = 100'000'000;
-
 struct DtypeEntry {
   const char* name;
   at::ScalarType type;
@@ -66,90 +63,6 @@ std::optional<std::string> dtype_name_of(at::ScalarType type) {
   return std::nullopt;
 }
 
-std::string quote_name(const std::string& name) { return "\"" + name + "\""; }
-
-[[noreturn]] void fail(const std::filesystem::path& path, const std::string& what) {
-  throw SafetensorsError(path.string() + ": " + what);
-}
-
-[[noreturn]] void fail_tensor(const std::filesystem::path& path, const std::string& name,
-                              const std::string& what) {
-  throw SafetensorsError(path.string() + ": tensor " + quote_name(name) + ": " + what);
-}
-
-// Reads one non-negative JSON integer (shape dimension or offset); floats, negatives, strings
-// and booleans are rejected, as the reference's usize fields do.
-std::optional<uint64_t> as_unsigned(const nlohmann::json& value) {
-  if (!value.is_number_unsigned()) return std::nullopt;
-  return value.get<uint64_t>();
-}
-
-TensorInfo parse_entry(const std::filesystem::path& path, const std::string& name,
-                       const nlohmann::json& entry) {
-  if (!entry.is_object()) fail_tensor(path, name, "header entry is not a JSON object");
-  TensorInfo info;
-
-  auto dtype = entry.find("dtype");
-  if (dtype == entry.end()) fail_tensor(path, name, "no \"dtype\"");
-  if (!dtype->is_string()) fail_tensor(path, name, "\"dtype\" is not a string");
-  info.dtype = dtype->get<std::string>();
-  const auto type = scalar_type_of(info.dtype);
-  if (!type) fail_tensor(path, name, "unknown dtype " + quote_name(info.dtype));
-
-  auto shape = entry.find("shape");
-  if (shape == entry.end()) fail_tensor(path, name, "no \"shape\"");
-  if (!shape->is_array()) fail_tensor(path, name, "\"shape\" is not an array");
-  // Element count, checked for overflow: the product must stay representable in bytes.
-  const uint64_t element_size = c10::elementSize(*type);
-  uint64_t numel = 1;
-  bool overflow = false;
-  for (const auto& dim : *shape) {
-    const auto value = as_unsigned(dim);
-    if (!value) fail_tensor(path, name, "shape " + shape->dump() + " is not non-negative integers");
-    if (*value > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      fail_tensor(path, name, "shape " + shape->dump() + " has a dimension too large");
-    }
-    info.shape.push_back(static_cast<int64_t>(*value));
-    if (*value == 0) {
-      numel = 0;
-      overflow = false;
-    } else if (numel != 0 && !overflow) {
-      if (numel > std::numeric_limits<uint64_t>::max() / *value) {
-        overflow = true;
-      } else {
-        numel *= *value;
-      }
-    }
-  }
-  uint64_t nbytes = 0;
-  if (!overflow && numel > std::numeric_limits<uint64_t>::max() / element_size) overflow = true;
-  if (!overflow) nbytes = numel * element_size;
-
-  auto offsets = entry.find("data_offsets");
-  if (offsets == entry.end()) fail_tensor(path, name, "no \"data_offsets\"");
-  if (!offsets->is_array() || offsets->size() != 2) {
-    fail_tensor(path, name, "\"data_offsets\" is not an array [begin, end]");
-  }
-  const auto begin = as_unsigned((*offsets)[0]);
-  const auto end = as_unsigned((*offsets)[1]);
-  if (!begin || !end) {
-    fail_tensor(path, name, "data_offsets " + offsets->dump() + " are not non-negative integers");
-  }
-  if (*begin > *end) {
-    fail_tensor(path, name, "data_offsets " + offsets->dump() + " have begin > end");
-  }
-  info.begin = *begin;
-  info.end = *end;
-  if (overflow || nbytes != info.end - info.begin) {
-    fail_tensor(path, name,
-                "data_offsets " + offsets->dump() + " span " +
-                    std::to_string(info.end - info.begin) + " bytes but dtype " + info.dtype +
-                    " and shape " + shape->dump() + " need " +
-                    (overflow ? std::string("more than 2^64") : std::to_string(nbytes)));
-  }
-  return info;
-}
-
 // Closes the descriptor on every path out of the constructor.
 struct FileDescriptor {
   int fd = -1;
@@ -190,9 +103,10 @@ struct SafetensorsFile::State {
   void read(const std::string& name, const TensorInfo& entry, void* out) const {
     const uint64_t nbytes = entry.end - entry.begin;
     if (!read_fully(file.fd, out, nbytes, data_begin + entry.begin)) {
-      fail_tensor(path, name,
-                  std::string("cannot read its data: ") +
-                      (errno != 0 ? errno_text() : "the file ended early (changed since opened?)"));
+      safetensors_fail_tensor(
+          path, name,
+          std::string("cannot read its data: ") +
+              (errno != 0 ? errno_text() : "the file ended early (changed since opened?)"));
     }
   }
 };
@@ -204,101 +118,25 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
 
   FileDescriptor& file = s.file;
   file.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (file.fd < 0) fail(path, "cannot open: " + errno_text());
+  if (file.fd < 0) safetensors_fail(path, "cannot open: " + errno_text());
   struct stat st {};
-  if (::fstat(file.fd, &st) != 0) fail(path, "cannot stat: " + errno_text());
-  if (!S_ISREG(st.st_mode)) fail(path, "not a regular file");
-  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
-  if (file_size < 8) {
-    fail(path,
-         "file is " + std::to_string(file_size) + " bytes, shorter than the 8-byte header length");
-  }
-
-  uint64_t header_size = 0;
-  if (!read_fully(file.fd, &header_size, 8, 0)) fail(path, "cannot read: " + errno_text());
-  // little endian, asserted above
-  if (header_size > kMaxHeaderSize) {
-    fail(path, "header length " + std::to_string(header_size) + " exceeds the limit of " +
-                   std::to_string(kMaxHeaderSize) + " bytes");
-  }
-  if (header_size > file_size - 8) {
-    fail(path, "header length " + std::to_string(header_size) + " is larger than the file (" +
-                   std::to_string(file_size) + " bytes)");
-  }
-  std::string header_text(header_size, '\0');
-  if (!read_fully(file.fd, header_text.data(), header_size, 8)) {
-    fail(path, "cannot read the header: " + errno_text());
-  }
-  if (header_size == 0 || header_text[0] != '{') fail(path, "header does not start with '{'");
-
-  const char* header_begin = header_text.data();
-  nlohmann::json header;
-  // A valid header nests three levels deep; the cap keeps hostile nesting from exhausting
-  // memory or stack.
-  constexpr int kMaxDepth = 8;
-  const nlohmann::json::parser_callback_t limit_depth =
-      [&path](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
-        if (depth > kMaxDepth) fail(path, "header JSON nests deeper than expected");
-        return true;
-      };
-  try {
-    header = nlohmann::json::parse(header_begin, header_begin + header_size, limit_depth);
-  } catch (const nlohmann::json::parse_error& e) {
-    fail(path, std::string("header is not valid JSON: ") + e.what());
-  }
-  if (!header.is_object()) fail(path, "header is not a JSON object");
-
-  std::vector<std::pair<std::string, const TensorInfo*>> by_offset;
-  for (const auto& [name, entry] : header.items()) {
-    if (name == "__metadata__") {
-      if (entry.is_null()) continue;
-      if (!entry.is_object()) fail(path, "\"__metadata__\" is not a JSON object");
-      for (const auto& [key, value] : entry.items()) {
-        if (!value.is_string()) {
-          fail(path, "\"__metadata__\" value of " + quote_name(key) + " is not a string");
-        }
-        s.metadata.emplace(key, value.get<std::string>());
-      }
-      continue;
+  if (::fstat(file.fd, &st) != 0) safetensors_fail(path, "cannot stat: " + errno_text());
+  if (!S_ISREG(st.st_mode)) safetensors_fail(path, "not a regular file");
+  auto header = read_safetensors_header(path, static_cast<uint64_t>(st.st_size),
+                                        [fd = file.fd](void* out, size_t size, uint64_t at) {
+                                          return read_fully(fd, out, size, at);
+                                        });
+  s.data_begin = header.data_begin;
+  s.data_size = header.data_size;
+  s.tensors = std::move(header.tensors);
+  s.metadata = std::move(header.metadata);
+  // Every dtype the header reader accepts has a scalar type of the same element size.
+  for (const auto& [name, info] : s.tensors) {
+    const auto type = scalar_type_of(info.dtype);
+    if (!type || c10::elementSize(*type) != safetensors_dtype_size(info.dtype)) {
+      safetensors_fail_tensor(path, name,
+                              "dtype \"" + info.dtype + "\" has no libtorch equivalent");
     }
-    s.tensors.emplace(name, parse_entry(path, name, entry));
-  }
-
-  // The tensors must tile the data area exactly: sorted by offsets, each begins where the
-  // previous one ended, and the last one ends at the end of the file.
-  s.data_begin = 8 + header_size;
-  s.data_size = file_size - 8 - header_size;
-  for (const auto& [name, info] : s.tensors) by_offset.emplace_back(name, &info);
-  std::sort(by_offset.begin(), by_offset.end(), [](const auto& a, const auto& b) {
-    if (a.second->begin != b.second->begin) return a.second->begin < b.second->begin;
-    return a.second->end < b.second->end;
-  });
-  uint64_t position = 0;
-  for (const auto& [name, info] : by_offset) {
-    if (info->end > s.data_size) {
-      fail_tensor(path, name,
-                  "data_offsets [" + std::to_string(info->begin) + ", " +
-                      std::to_string(info->end) + "] run past the data area (" +
-                      std::to_string(s.data_size) + " bytes)");
-    }
-    if (info->begin < position) {
-      fail_tensor(path, name,
-                  "data_offsets [" + std::to_string(info->begin) + ", " +
-                      std::to_string(info->end) + "] overlap the previous tensor, which ends at " +
-                      std::to_string(position));
-    }
-    if (info->begin > position) {
-      fail_tensor(path, name,
-                  "data_offsets [" + std::to_string(info->begin) + ", " +
-                      std::to_string(info->end) + "] leave a hole after byte " +
-                      std::to_string(position));
-    }
-    position = info->end;
-  }
-  if (position != s.data_size) {
-    fail(path, "data area has " + std::to_string(s.data_size - position) +
-                   " trailing bytes after the last tensor (tensors end at " +
-                   std::to_string(position) + " of " + std::to_string(s.data_size) + ")");
   }
 }
 
@@ -321,7 +159,8 @@ bool SafetensorsFile::contains(const std::string& name) const {
 
 const TensorInfo& SafetensorsFile::info(const std::string& name) const {
   auto it = state_->tensors.find(name);
-  if (it == state_->tensors.end()) fail_tensor(state_->path, name, "no such tensor in the file");
+  if (it == state_->tensors.end())
+    safetensors_fail_tensor(state_->path, name, "no such tensor in the file");
   return it->second;
 }
 
@@ -340,7 +179,7 @@ void SafetensorsFile::read_into(const std::string& name, at::Tensor& target,
                                 at::Tensor* staging) const {
   const TensorInfo& entry = info(name);
   if (target.sizes().vec() != entry.shape) {
-    fail_tensor(state_->path, name, "cannot be read into a tensor of another shape");
+    safetensors_fail_tensor(state_->path, name, "cannot be read into a tensor of another shape");
   }
   const auto type = *scalar_type_of(entry.dtype);
   if (target.device().is_cpu() && target.is_contiguous() && target.scalar_type() == type) {
@@ -377,13 +216,13 @@ void save_safetensors(const std::filesystem::path& path, const TensorMap& tensor
   std::vector<Item> items;
   items.reserve(tensors.size());
   for (const auto& [name, tensor] : tensors) {
-    if (name == "__metadata__") fail(path, "\"__metadata__\" cannot be a tensor name");
-    if (!tensor.defined()) fail_tensor(path, name, "undefined tensor");
+    if (name == "__metadata__") safetensors_fail(path, "\"__metadata__\" cannot be a tensor name");
+    if (!tensor.defined()) safetensors_fail_tensor(path, name, "undefined tensor");
     const auto dtype = dtype_name_of(tensor.scalar_type());
     if (!dtype) {
-      fail_tensor(path, name,
-                  std::string("dtype ") + c10::toString(tensor.scalar_type()) +
-                      " has no safetensors equivalent");
+      safetensors_fail_tensor(path, name,
+                              std::string("dtype ") + c10::toString(tensor.scalar_type()) +
+                                  " has no safetensors equivalent");
     }
     items.push_back({name, tensor.detach().to(at::kCPU).contiguous(), *dtype});
   }
@@ -413,8 +252,9 @@ void save_safetensors(const std::filesystem::path& path, const TensorMap& tensor
   try {
     header_text = header.dump();
   } catch (const nlohmann::json::exception& e) {
-    fail(path,
-         std::string("cannot encode the header (names and metadata must be UTF-8): ") + e.what());
+    safetensors_fail(
+        path,
+        std::string("cannot encode the header (names and metadata must be UTF-8): ") + e.what());
   }
   // Pad with spaces so the data area starts on an 8-byte boundary, as the reference does.
   header_text.append((8 - header_text.size() % 8) % 8, ' ');
@@ -424,7 +264,7 @@ void save_safetensors(const std::filesystem::path& path, const TensorMap& tensor
   tmp += ".tmp." + std::to_string(::getpid());
   FileDescriptor file;
   file.fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (file.fd < 0) fail(path, "cannot create " + tmp.string() + ": " + errno_text());
+  if (file.fd < 0) safetensors_fail(path, "cannot create " + tmp.string() + ": " + errno_text());
   auto write_all = [&](const void* data, uint64_t size) {
     const auto* p = static_cast<const char*>(data);
     while (size > 0) {
@@ -434,7 +274,7 @@ void save_safetensors(const std::filesystem::path& path, const TensorMap& tensor
         const std::string why = errno_text();
         std::error_code ignored;
         std::filesystem::remove(tmp, ignored);
-        fail(path, "write failed: " + why);
+        safetensors_fail(path, "write failed: " + why);
       }
       p += n;
       size -= static_cast<uint64_t>(n);
@@ -450,13 +290,13 @@ void save_safetensors(const std::filesystem::path& path, const TensorMap& tensor
   if (!synced || !closed) {
     const std::string why = errno_text();
     std::filesystem::remove(tmp, ec);
-    fail(path, "write failed: " + why);
+    safetensors_fail(path, "write failed: " + why);
   }
   std::filesystem::rename(tmp, path, ec);
   if (ec) {
     const std::string why = ec.message();
     std::filesystem::remove(tmp, ec);
-    fail(path, "cannot rename " + tmp.string() + ": " + why);
+    safetensors_fail(path, "cannot rename " + tmp.string() + ": " + why);
   }
 }
 

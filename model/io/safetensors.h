@@ -1,10 +1,10 @@
 #pragma once
 // Reader and writer for the safetensors format (https://github.com/huggingface/safetensors):
 // 8-byte little-endian header length, a JSON header, then the tensor data area.
-// The reader validates everything the format specifies before any tensor is touched; every
-// violation throws SafetensorsError naming the file (and tensor). Tensor data is read with
-// pread, not through a mapping: a mapping's touched pages stay in the process's resident set
-// until it is unmapped, which would count a whole checkpoint twice while it is being loaded.
+// The reader validates everything the format specifies (safetensors_header.h) before any tensor
+// is touched; every violation throws SafetensorsError naming the file (and tensor). Tensor data is
+// read with pread, not through a mapping: a mapping's touched pages stay in the process's resident
+// set until it is unmapped, which would count a whole checkpoint twice while it is being loaded.
 // dtypes: F64 F32 F16 BF16 I64 I32 I16 I8 U64 U32 U16 U8 BOOL C64 F8_E4M3 F8_E4M3FNUZ F8_E5M2
 // F8_E5M2FNUZ F8_E8M0 (those with an at::ScalarType); data is little endian, as the host.
 
@@ -18,22 +18,11 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "model/io/safetensors_header.h"
+
 namespace ldcp::io {
 
-class SafetensorsError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
 using TensorMap = std::map<std::string, at::Tensor>;
-using Metadata = std::map<std::string, std::string>;
-
-struct TensorInfo {
-  std::string dtype;  // as written in the header: "F32", "F16", "BF16", ...
-  std::vector<int64_t> shape;
-  uint64_t begin = 0;  // byte offsets into the data area
-  uint64_t end = 0;
-};
 
 // A validated safetensors file, held open for reading.
 class SafetensorsFile {

@@ -1,17 +1,14 @@
 #pragma once
-// PNG files through libpng.
+// PNG files as tensors (decoding and encoding: image_codec.h).
 
 #include <filesystem>
-#include <stdexcept>
+#include <string>
 
 #include <ATen/core/Tensor.h>
 
-namespace ldcp::pipelines {
+#include "model/pipelines/image_codec.h"
 
-class ImageError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
+namespace ldcp::pipelines {
 
 // Writes an 8-bit RGB image, a uint8 tensor [height, width, 3] (CPU). Writes to a temporary
 // file and renames it, so readers never see a partial image. Throws ImageError naming the file.
@@ -21,6 +18,10 @@ void write_png(const std::filesystem::path& path, const at::Tensor& rgb);
 std::string encode_png(const at::Tensor& rgb);
 
 // Reads a PNG as uint8 [height, width, 3] (gray, palette, alpha and 16-bit inputs converted).
-at::Tensor read_png(const std::filesystem::path& path);
+// Throws ImageError naming the file when it is malformed or beyond `limits`.
+at::Tensor read_png(const std::filesystem::path& path, const ImageLimits& limits = {});
+
+// Decoded RGB bytes as a uint8 tensor [height, width, 3].
+at::Tensor to_tensor(RgbImage image);
 
 }  // namespace ldcp::pipelines

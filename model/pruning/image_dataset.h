@@ -11,6 +11,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "model/pipelines/image_codec.h"
+
 namespace ldcp::pruning {
 
 // A data folder or image that cannot be used; the message names the path.
@@ -26,8 +28,9 @@ class DataError : public std::runtime_error {
 std::vector<std::filesystem::path> list_images(const std::filesystem::path& root);
 
 // Decodes a PNG or JPEG file (chosen by its first bytes, not its name) to uint8 [H, W, 3] RGB
-// (grey, palette, alpha, 16-bit and CMYK inputs converted). Throws DataError naming the file.
-at::Tensor read_image(const std::filesystem::path& path);
+// (grey, palette, alpha, 16-bit and CMYK inputs converted). Throws DataError naming the file,
+// also for images beyond `limits` (checked from the header, before decoding).
+at::Tensor read_image(const std::filesystem::path& path, const pipelines::ImageLimits& limits = {});
 
 // Writes uint8 [H, W, 3] RGB as a baseline JPEG (quality 1..100); for tests and tools.
 void write_jpeg(const std::filesystem::path& path, const at::Tensor& rgb, int quality = 95);

@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/common/error_text.h"
 #include "tests/common/test_util.h"
 
 namespace ldcp::io {
@@ -26,18 +27,8 @@ void write_text(const fs::path& path, const std::string& text) {
 }
 
 std::string config_error(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no ConfigError";
-  return {};
+  return ldcp::testing::error_text<ConfigError>(action);
 }
-
-#define EXPECT_CONTAINS(text, fragment)               \
-  EXPECT_NE((text).find(fragment), std::string::npos) \
-      << "\"" << (fragment) << "\" not in: " << (text)
 
 // ---------------------------------------------------------------------------------------------
 // read_json_file, get_or, get_required
