@@ -19,6 +19,8 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/resource_quota.h>
+#include <sys/resource.h>
+
 #include <CLI/CLI.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -45,6 +47,21 @@ c10::ScalarType parse_dtype(const std::string& s) {
   if (s == "fp16") return c10::kHalf;
   if (s == "bf16") return c10::kBFloat16;
   return c10::kFloat;
+}
+
+// The soft RLIMIT_NOFILE raised to the hard limit: gRPC 1.51's listener stops accepting for good
+// after one accept() fails with EMFILE ("Failed accept4: Too many open files"; the metrics
+// endpoint retries, metrics_http.h), so descriptors must not run out under many connections.
+void raise_open_files_limit() {
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur >= lim.rlim_max) return;
+  const rlim_t before = lim.rlim_cur;
+  lim.rlim_cur = lim.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &lim) == 0) {
+    log_info(strf("open files limit raised from %llu to %llu",
+                  static_cast<unsigned long long>(before),
+                  static_cast<unsigned long long>(lim.rlim_max)));
+  }
 }
 
 int64_t grpc_memory_quota(const ServerConfig& c) {
@@ -100,6 +117,7 @@ int serve(const ServerConfig& c) {
                      std::chrono::milliseconds(static_cast<int64_t>(c.auth_refresh_s * 1000)));
 
   grpc_memory_quota(c);  // checked before the model loads
+  raise_open_files_limit();
   // Metrics first: the endpoint answers (and a bad address fails) before the model loads.
   Metrics metrics;
   MetricsHttpOptions metrics_options;

@@ -7,6 +7,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import re
 import resource
 import shutil
 import socket
@@ -86,6 +87,17 @@ def setUpModule():
     users = WORK / "metrics-users"
     digest = hashlib.sha256(PASSWORD.encode()).hexdigest()
     users.write_text(f"# user:sha256:hex\nprometheus:sha256:{digest}\n")
+    # Started with a low soft RLIMIT_NOFILE (inherited), which the server raises to the hard one.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256, hard), hard))
+    try:
+        start_server(model, users)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def start_server(model, users):
+    global SERVER
     SERVER = lib.Server(model, WORK, "--device", "cpu", "--memory-budget", "64GiB",
                         "--default-size", 64, "--calibrate-sizes", "64x64", "--calibrate-levels",
                         "0,0.7", "--calibrate-steps", 1, "--max-batch", 1,
@@ -126,6 +138,15 @@ class Auth(unittest.TestCase):
 
 
 class Hostile(unittest.TestCase):
+    def test_open_files_limit_raised_to_the_hard_limit(self):
+        # gRPC 1.51's listener stops accepting for good after one EMFILE: the server takes every
+        # descriptor it may have.
+        limits = Path(f"/proc/{SERVER.proc.pid}/limits").read_text()
+        soft, hard = re.search(r"Max open files\s+(\S+)\s+(\S+)", limits).groups()
+        self.assertEqual(soft, hard)
+        if int(hard) > 256:
+            self.assertIn("open files limit raised from 256", SERVER.log())
+
     def test_many_idle_connections_do_not_lock_out_scrapes(self):
         # Descriptors for twice the connection cap: without the cap (before) 60 idle sockets ran
         # the server out of them and /metrics timed out.
