@@ -64,9 +64,10 @@ def demo_model(workdir):
 class Server:
     """ldcp-server as a child process on loopback ports."""
 
-    def __init__(self, model, workdir, *args, name="server"):
-        self.port = free_port()
-        self.metrics_port = free_port()
+    def __init__(self, model, workdir, *args, name="server", port=None, metrics_port=None):
+        # Given ports: a restart on the ports of a server that stopped.
+        self.port = port or free_port()
+        self.metrics_port = metrics_port or free_port()
         self.target = f"127.0.0.1:{self.port}"
         # Where wait_ready asks grpc.health.v1, plaintext (a TLS server's --health-listen).
         self.health_target = self.target
