@@ -63,8 +63,9 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   auto_pruning_ratio_ =
       &prometheus::BuildHistogram()
            .Name("ldcp_auto_pruning_ratio")
-           .Help("Fraction of the U-Net's FLOPs pruned per AUTO request (the level the server "
-                 "chose; FIXED and OFF requests are not counted)")
+           .Help(
+               "Fraction of the U-Net's FLOPs pruned per AUTO request (the level the server "
+               "chose; FIXED and OFF requests are not counted)")
            .Register(r)
            .Add({}, Histogram::BucketBoundaries{0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8,
                                                 0.9, 1});
@@ -141,8 +142,8 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   }
 }
 
-void Metrics::request_finished(const std::string& method, const std::string& status,
-                               double seconds, const std::string& client) {
+void Metrics::request_finished(const std::string& method, const std::string& status, double seconds,
+                               const std::string& client) {
   requests_->Add({{"method", method}, {"status", status}, {"client", client}}).Increment();
   latency_->Add({{"method", method}}, latency_buckets()).Observe(seconds);
 }
