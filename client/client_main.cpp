@@ -95,8 +95,7 @@ void add_connection_options(CLI::App* cmd, Connection& c) {
       ->envname("LDCP_TLS_CA");
   cmd->add_option("--tls-cert", c.tls_cert, "PEM client certificate, for mutual TLS")
       ->envname("LDCP_TLS_CERT");
-  cmd->add_option("--tls-key", c.tls_key, "PEM private key of --tls-cert")
-      ->envname("LDCP_TLS_KEY");
+  cmd->add_option("--tls-key", c.tls_key, "PEM private key of --tls-cert")->envname("LDCP_TLS_KEY");
   cmd->add_option("--tls-server-name", c.tls_server_name,
                   "Name to verify the server certificate against (default: the target's host)")
       ->envname("LDCP_TLS_SERVER_NAME");

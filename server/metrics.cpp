@@ -185,6 +185,15 @@ void Metrics::auto_level_decision(const std::string& reason) {
 void Metrics::set_queue_depth(int64_t n) { queue_depth_->Set(static_cast<double>(n)); }
 void Metrics::set_queue_capacity(int64_t n) { queue_capacity_->Set(static_cast<double>(n)); }
 void Metrics::set_in_flight(int64_t n) { in_flight_->Set(static_cast<double>(n)); }
+void Metrics::set_dtype(const std::string& name) {
+  prometheus::BuildGauge()
+      .Name("ldcp_model_dtype_info")
+      .Help("The compute dtype of the model (--dtype, auto resolved per device): value 1")
+      .Register(*registry_)
+      .Add({{"dtype", name}})
+      .Set(1);
+}
+
 void Metrics::set_memory(int64_t in_use, int64_t budget) {
   memory_in_use_->Set(static_cast<double>(in_use));
   memory_budget_->Set(static_cast<double>(budget));
