@@ -19,9 +19,11 @@ void add_options(CLI::App& app, ServerConfig& c) {
   app.add_option("--device", c.device, "cpu, cuda or cuda:N")
       ->envname(env("DEVICE"))
       ->capture_default_str();
-  app.add_option("--dtype", c.dtype, "fp32, fp16 or bf16")
+  app.add_option("--dtype", c.dtype,
+                 "auto (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32), fp32, fp16 or "
+                 "bf16")
       ->envname(env("DTYPE"))
-      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
+      ->check(CLI::IsMember({"auto", "fp32", "fp16", "bf16"}))
       ->capture_default_str();
   app.add_flag("--fp16-weights", c.fp16_weights, "Load *.fp16.safetensors variants when present")
       ->envname(env("FP16_WEIGHTS"));

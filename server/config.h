@@ -17,7 +17,7 @@ struct ServerConfig {
   std::string model_dir;
   std::string gates_file;
   std::string device = "cpu";
-  std::string dtype = "fp32";
+  std::string dtype = "auto";  // runtime/dtype.h
   bool fp16_weights = false;
   std::string score_source = "magnitude";  // without --gates: magnitude or random
   int64_t vae_tile_size = 0;               // pixels; 0: decode whole images

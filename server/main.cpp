@@ -25,6 +25,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 
+#include "model/runtime/dtype.h"
 #include "server/auth.h"
 #include "server/calibration.h"
 #include "server/config.h"
@@ -42,12 +43,6 @@
 namespace {
 
 using namespace ldcp::server;
-
-c10::ScalarType parse_dtype(const std::string& s) {
-  if (s == "fp16") return c10::kHalf;
-  if (s == "bf16") return c10::kBFloat16;
-  return c10::kFloat;
-}
 
 // The soft RLIMIT_NOFILE raised to the hard limit: gRPC 1.51's listener stops accepting for good
 // after one accept() fails with EMFILE ("Failed accept4: Too many open files"; the metrics
@@ -103,7 +98,8 @@ int serve(const ServerConfig& c) {
   }
   ldcp::pipelines::PipelineOptions options;
   options.device = c10::Device(c.device);
-  options.dtype = parse_dtype(c.dtype);
+  const auto dtype = ldcp::runtime::resolve_dtype(c.dtype, options.device);
+  options.dtype = dtype.dtype;
   options.prefer_fp16_weights = c.fp16_weights;
   options.score_source = c.score_source;
   options.vae_tile_size = c.vae_tile_size;
@@ -120,6 +116,7 @@ int serve(const ServerConfig& c) {
   raise_open_files_limit();
   // Metrics first: the endpoint answers (and a bad address fails) before the model loads.
   Metrics metrics;
+  metrics.set_dtype(dtype.name);
   MetricsHttpOptions metrics_options;
   metrics_options.max_connections = c.metrics_max_connections;
   metrics_options.timeout =
@@ -128,7 +125,8 @@ int serve(const ServerConfig& c) {
   metrics_options.basic_auth_file = c.metrics_basic_auth_file;
   MetricsHttpServer metrics_http(c.metrics_listen, metrics.registry(), metrics_options);
 
-  log_info("loading " + c.model_dir + " on " + c.device + " (" + c.dtype + ")");
+  log_info("loading " + c.model_dir + " on " + c.device + " (" + dtype.name + ", " + dtype.reason +
+           ")");
   SdEngine engine(c.model_dir, options);
   int64_t budget_bytes = c.memory_budget.empty() ? 0 : parse_bytes(c.memory_budget);
   const int64_t headroom = parse_bytes(c.memory_headroom);

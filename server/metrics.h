@@ -49,6 +49,8 @@ class Metrics {
   void set_in_flight(int64_t n);
   void set_memory(int64_t in_use_bytes, int64_t budget_bytes);
   void set_auto_level(double level);
+  // ldcp_model_dtype_info{dtype="..."} 1: the compute dtype --dtype resolved to (auto: per device).
+  void set_dtype(const std::string& name);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;

@@ -22,6 +22,7 @@
 #include "model/models/unets/unet_2d_condition.h"
 #include "model/pipelines/pipeline_stable_diffusion.h"
 #include "model/pruning/unet_pruner.h"
+#include "model/runtime/dtype.h"
 #include "model/runtime/memory_meter.h"
 #include "model/schedulers/scheduler.h"
 #include "tools/commands.h"
@@ -41,7 +42,7 @@ double process_cpu_seconds() {
 
 struct BenchArgs {
   std::string model, gates, scores = "magnitude", levels = "0,0.25,0.5,0.75", device = "cpu",
-                            dtype = "fp32", json, sampler = "pndm",
+                            dtype = "auto", json, sampler = "pndm",
                             prompt = "a photograph of an astronaut riding a horse";
   int64_t width = 0, height = 0, batch = 1, steps = 20, repeats = 5, threads = 0;
   double guidance = 7.5;
@@ -69,7 +70,7 @@ void run_bench(const BenchArgs& args) {
   // Everything that can be checked before the (slow) model load.
   pipelines::PipelineOptions options;
   options.device = parse_device(args.device);
-  options.dtype = parse_dtype(args.dtype);
+  options.dtype = parse_dtype(args.dtype, options.device);
   options.gates_file = args.gates;
   options.score_source = args.scores;
   options.channels_last = args.channels_last;
@@ -263,8 +264,9 @@ void run_bench(const BenchArgs& args) {
       "weights resident: %.1f MiB; gated layers: %.1f%% of the U-Net's FLOPs at this size\n\n",
       args.model.c_str(), static_cast<long long>(params.width),
       static_cast<long long>(params.height), static_cast<long long>(args.batch),
-      static_cast<long long>(unet_batch), args.dtype.c_str(), options.device.str().c_str(),
-      torch::get_num_threads(), pipeline->pruner().scores().source.c_str(), args.sampler.c_str(),
+      static_cast<long long>(unet_batch), runtime::dtype_name(options.dtype).c_str(),
+      options.device.str().c_str(), torch::get_num_threads(),
+      pipeline->pruner().scores().source.c_str(), args.sampler.c_str(),
       inputs.timestep.item<double>(), static_cast<long long>(args.steps),
       static_cast<long long>(args.repeats), mib(resident),
       100.0 * ratio(d(gated_macs), d(ref.unet_macs)));
@@ -284,7 +286,7 @@ void run_bench(const BenchArgs& args) {
     j["height"] = params.height;
     j["batch"] = args.batch;
     j["unet_batch"] = unet_batch;
-    j["dtype"] = args.dtype;
+    j["dtype"] = runtime::dtype_name(options.dtype);
     j["device"] = options.device.str();
     j["threads"] = torch::get_num_threads();
     j["scores"] = pipeline->pruner().scores().source;
@@ -380,9 +382,7 @@ void add_bench_command(CLI::App& app) {
   bench->add_option("--prompt", a.prompt, "Prompt of the measured request")->capture_default_str();
   bench->add_option("--seed", a.seed, "Seed of the latents")->capture_default_str();
   bench->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();
-  bench->add_option("--dtype", a.dtype, "fp32, fp16 or bf16")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"fp32", "fp16", "bf16", "float32", "float16", "bfloat16"}));
+  add_dtype_option(bench, a.dtype, "");
   bench->add_option("--threads", a.threads, "Intra-op threads (0: libtorch's default)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1024));

@@ -18,7 +18,11 @@ void add_eval_pruning_command(CLI::App& app);
 void add_tune_schedule_command(CLI::App& app);
 
 // --dtype and --device values, with errors naming the option.
-c10::ScalarType parse_dtype(const std::string& name);
+// --dtype: a name or "auto" (model/runtime/dtype.h), resolved for `device`; an auto choice is
+// printed to stderr.
+c10::ScalarType parse_dtype(const std::string& name, const c10::Device& device);
+// The --dtype option of a command: default auto, LDCP_DTYPE from the environment.
+void add_dtype_option(CLI::App* app, std::string& dtype, const std::string& help = "");
 c10::Device parse_device(const std::string& name);
 // --memory-format channels_last|contiguous (the U-Net's and VAE's convolution weight layout,
 // PipelineOptions::channels_last), stored into `channels_last`.

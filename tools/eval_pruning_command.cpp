@@ -25,6 +25,7 @@
 #include "model/pipelines/image_metrics.h"
 #include "model/pipelines/pipeline_stable_diffusion.h"
 #include "model/pruning/unet_pruner.h"
+#include "model/runtime/dtype.h"
 #include "model/runtime/memory_meter.h"
 #include "model/schedulers/scheduler.h"
 #include "tools/commands.h"
@@ -39,7 +40,7 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 
 struct EvalArgs {
   std::string model, levels = "0,0.25,0.5,0.75", prompts, out, gates, sources, device = "cpu",
-                     dtype = "fp32", sampler = "pndm";
+                     dtype = "auto", sampler = "pndm";
   int64_t seeds = 2, steps = 20, width = 0, height = 0, threads = 0;
   double guidance = 7.5;
   uint64_t random_scores_seed = 0;
@@ -96,7 +97,7 @@ std::string csv_number(double v, int decimals) {
 void run_eval(const EvalArgs& args) {
   pipelines::PipelineOptions base;
   base.device = parse_device(args.device);
-  base.dtype = parse_dtype(args.dtype);
+  base.dtype = parse_dtype(args.dtype, base.device);
   base.random_scores_seed = args.random_scores_seed;
   auto levels = parse_levels(args.levels, "--levels");
   std::sort(levels.begin(), levels.end());
@@ -283,7 +284,7 @@ void run_eval(const EvalArgs& args) {
   j["steps"] = args.steps;
   j["guidance_scale"] = args.guidance;
   j["sampler"] = args.sampler;
-  j["dtype"] = args.dtype;
+  j["dtype"] = runtime::dtype_name(base.dtype);
   j["device"] = base.device.str();
   j["threads"] = torch::get_num_threads();
   j["prompts"] = prompts;
@@ -361,7 +362,8 @@ void run_eval(const EvalArgs& args) {
   md << "# ldcp eval-pruning: " << args.model << "\n\n"
      << width << "x" << height << ", " << args.steps << " " << args.sampler << " steps, guidance "
      << args.guidance << ", " << prompts.size() << " prompts x " << args.seeds << " seeds, "
-     << args.dtype << " on " << base.device.str() << ", " << torch::get_num_threads()
+     << runtime::dtype_name(base.dtype) << " on " << base.device.str() << ", "
+     << torch::get_num_threads()
      << " threads. Noise error: relative error of the U-Net's prediction against level 0 on the "
         "level-0 trajectory; PSNR (pooled over samples) and SSIM of the final image against the "
         "level-0 image of the same seed; latency: denoising time per step (median); peaks: "
@@ -473,9 +475,7 @@ void add_eval_pruning_command(CLI::App& app) {
   eval->add_option("--random-scores-seed", a.random_scores_seed, "Seed of the random scores")
       ->capture_default_str();
   eval->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();
-  eval->add_option("--dtype", a.dtype, "fp32, fp16 or bf16")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"fp32", "fp16", "bf16", "float32", "float16", "bfloat16"}));
+  add_dtype_option(eval, a.dtype, "");
   eval->add_option("--threads", a.threads, "Intra-op threads (0: libtorch's default)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1024));

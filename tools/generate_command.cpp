@@ -13,17 +13,29 @@
 #include "model/pruning/gate_scores.h"
 #include "model/pruning/step_schedule.h"
 #include "model/pruning/unet_pruner.h"
+#include "model/runtime/dtype.h"
 #include "model/schedulers/scheduler.h"
 #include "tools/commands.h"
 #include "tools/progress.h"
 
 namespace ldcp::tools {
 
-c10::ScalarType parse_dtype(const std::string& name) {
-  if (name == "fp32" || name == "float32") return torch::kFloat;
-  if (name == "fp16" || name == "float16") return torch::kHalf;
-  if (name == "bf16" || name == "bfloat16") return torch::kBFloat16;
-  throw std::invalid_argument("--dtype must be fp32, fp16 or bf16, got \"" + name + "\"");
+c10::ScalarType parse_dtype(const std::string& name, const c10::Device& device) {
+  const auto choice = runtime::resolve_dtype(name, device);
+  if (name == "auto") {
+    std::fprintf(stderr, "dtype: %s (%s)\n", choice.name.c_str(), choice.reason.c_str());
+  }
+  return choice.dtype;
+}
+
+void add_dtype_option(CLI::App* app, std::string& dtype, const std::string& help) {
+  app->add_option("--dtype", dtype,
+                  help.empty() ? "auto (fp16 on CUDA, bf16 on a CPU with native bf16 "
+                                 "arithmetic, else fp32), fp32, fp16 or bf16"
+                               : help)
+      ->envname("LDCP_DTYPE")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "fp32", "fp16", "bf16", "float32", "float16", "bfloat16"}));
 }
 
 c10::Device parse_device(const std::string& name) {
@@ -83,7 +95,7 @@ std::filesystem::path output_path(const std::filesystem::path& out, int64_t inde
 }
 
 struct GenerateArgs {
-  std::string model, out, device = "cpu", dtype = "fp32", gates, scores = "magnitude";
+  std::string model, out, device = "cpu", dtype = "auto", gates, scores = "magnitude";
   int64_t vae_tile_size = 0;
   pipelines::GenerationParams params;
   std::optional<uint64_t> seed;
@@ -132,7 +144,7 @@ pruning::PruningSchedule budget_schedule(pipelines::StableDiffusionPipeline& pip
 void run_generate(GenerateArgs& args) {
   pipelines::PipelineOptions options;
   options.device = parse_device(args.device);
-  options.dtype = parse_dtype(args.dtype);
+  options.dtype = parse_dtype(args.dtype, options.device);
   options.prefer_fp16_weights = args.fp16_weights;
   options.gates_file = args.gates;
   options.score_source = args.scores;
@@ -221,9 +233,7 @@ void add_generate_command(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
   generate->add_option("--device", gen.device, "cpu, cuda or cuda:N")->capture_default_str();
-  generate->add_option("--dtype", gen.dtype, "fp32, fp16 or bf16")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"fp32", "fp16", "bf16", "float32", "float16", "bfloat16"}));
+  add_dtype_option(generate, gen.dtype, "");
   generate->add_flag("--fp16-weights", gen.fp16_weights,
                      "Load *.fp16.safetensors weight variants when present");
   auto* level =

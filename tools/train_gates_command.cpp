@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "model/pruning/gate_trainer.h"
+#include "model/runtime/dtype.h"
 #include "tools/commands.h"
 #include "tools/progress.h"
 
@@ -18,7 +19,7 @@ namespace {
 struct TrainGatesArgs {
   pruning::TrainerOptions options;
   std::string model, data, out, cache_dir, checkpoint, resume, captions;
-  std::string device = "cpu", dtype = "fp32", levels = "0.1,0.25,0.5,0.75";
+  std::string device = "cpu", dtype = "auto", levels = "0.1,0.25,0.5,0.75";
 };
 
 std::string format_errors(const pruning::ValidationReport& report) {
@@ -42,7 +43,14 @@ void run_train_gates(TrainGatesArgs& args) {
   o.resume = args.resume;
   o.captions = args.captions;
   o.device = parse_device(args.device);
-  o.dtype = parse_dtype(args.dtype);
+  // auto: bf16 autocast on CUDA (fp16's range needs loss scaling), fp32 on the CPU (no autocast
+  // there: the gates' gradients stay in full precision).
+  o.dtype = args.dtype == "auto" ? (o.device.is_cuda() ? c10::kBFloat16 : c10::kFloat)
+                                 : parse_dtype(args.dtype, o.device);
+  if (args.dtype == "auto") {
+    std::fprintf(stderr, "dtype: %s (auto: %s)\n", runtime::dtype_name(o.dtype).c_str(),
+                 o.device.is_cuda() ? "bf16 autocast on CUDA" : "fp32 on the CPU");
+  }
   o.levels = parse_levels(args.levels, "--levels");
 
   // Log lines replace a progress bar being drawn on a terminal (it is redrawn on its next update).
@@ -176,9 +184,9 @@ void add_train_gates_command(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(1, 1024));
   cmd->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();
-  cmd->add_option("--dtype", a.dtype, "Autocast dtype on CUDA: fp32, bf16 or fp16")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"fp32", "fp16", "bf16", "float32", "float16", "bfloat16"}));
+  add_dtype_option(
+      cmd, a.dtype,
+      "Autocast dtype on CUDA: auto (bf16 on CUDA, fp32 on the CPU), fp32, bf16 or fp16");
   cmd->add_flag("--fp16-weights", o.prefer_fp16_weights,
                 "Load *.fp16.safetensors weight variants when present");
   cmd->final_callback([args] { run_train_gates(*args); });

@@ -22,6 +22,7 @@
 #include "model/pruning/gate_scores.h"
 #include "model/pruning/step_schedule.h"
 #include "model/pruning/unet_pruner.h"
+#include "model/runtime/dtype.h"
 #include "model/schedulers/scheduler.h"
 #include "tools/commands.h"
 #include "tools/measure.h"
@@ -36,7 +37,7 @@ namespace fs = std::filesystem;
 struct TuneArgs {
   std::string model, gates, scores = "magnitude", prompts, out, report, sampler = "pndm",
                             levels = "0.25,0.5,0.75", budgets = "0.6,0.7,0.8", device = "cpu",
-                            dtype = "fp32";
+                            dtype = "auto";
   int64_t seeds = 1, steps = 20, width = 0, height = 0, threads = 0;
   std::optional<int64_t> eval_seeds;  // default: as many as --seeds
   double guidance = 7.5, floor = 0.0;
@@ -105,7 +106,7 @@ void write_gates(const fs::path& out, pruning::GateScores scores,
 void run_tune(const TuneArgs& args) {
   pipelines::PipelineOptions options;
   options.device = parse_device(args.device);
-  options.dtype = parse_dtype(args.dtype);
+  options.dtype = parse_dtype(args.dtype, options.device);
   options.random_scores_seed = args.random_scores_seed;
   if (!args.gates.empty()) {
     options.gates_file = args.gates;
@@ -177,7 +178,7 @@ void run_tune(const TuneArgs& args) {
   report.model = args.model;
   report.scores = scores.source;
   report.sampler = args.sampler;
-  report.dtype = args.dtype;
+  report.dtype = runtime::dtype_name(options.dtype);
   report.device = options.device.str();
   report.width = base.width;
   report.height = base.height;
@@ -340,9 +341,7 @@ void add_tune_schedule_command(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::IsMember(schedulers::sampler_names()));
   tune->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();
-  tune->add_option("--dtype", a.dtype, "fp32, fp16 or bf16")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"fp32", "fp16", "bf16", "float32", "float16", "bfloat16"}));
+  add_dtype_option(tune, a.dtype, "");
   tune->add_option("--threads", a.threads, "Intra-op threads (0: libtorch's default)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1024));

@@ -8,6 +8,7 @@
 """
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,25 @@ def expect_error(binary, tag, *args, mentions=""):
         check(mentions in run.stderr, f"{tag}: error does not mention {mentions!r}: {run.stderr}")
 
 
+def dtype_default(binary, demo, tmp):
+    """Without --dtype nor LDCP_DTYPE: auto, resolved as ATen's cpuinfo sees this CPU (bf16 with
+    avx512_bf16 or AMX-BF16, else fp32), printed; LDCP_DTYPE forces one."""
+    caps = torch._C._cpu._get_cpu_capability()
+    expected = "bf16" if caps.get("amx_bf16") or caps.get("avx512_bf16") else "fp32"
+    env = {k: v for k, v in os.environ.items() if k != "LDCP_DTYPE"}
+    args = [binary, "generate", "--model", demo, "--prompt", "auto", "--out", tmp / "auto.png",
+            "--width", 64, "--height", 64, "--steps", 2, "--seed", 5]
+    run = subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=600, env=env)
+    check(run.returncode == 0, f"default dtype: generate failed: {run.stderr}")
+    lines = [l for l in run.stderr.splitlines() if l.startswith("dtype: ")]
+    check(lines and lines[0].startswith(f"dtype: {expected} (auto: "),
+          f"default dtype: expected {expected} from auto, stderr {lines}")
+    env["LDCP_DTYPE"] = "fp32"
+    run = subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=600, env=env)
+    check(run.returncode == 0 and not any(l.startswith("dtype: ") for l in run.stderr.splitlines()),
+          f"LDCP_DTYPE=fp32: {run.returncode} {run.stderr[-300:]}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ldcp", required=True)
@@ -94,6 +114,8 @@ def main():
         for i in range(2):
             check((tmp / f"many-{i}.png").exists(), f"many-{i}.png was not written")
         check(not (tmp / "many.png").exists(), "many.png should not exist with --num-images 2")
+
+        dtype_default(binary, demo, tmp)
 
         base = ["generate", "--model", demo, "--out", tmp / "x.png"]
         expect_error(binary, "missing prompt", *base, mentions="--prompt")
