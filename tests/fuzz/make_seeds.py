@@ -105,7 +105,16 @@ def seeds():
     texts = {f"prompt-{i}.txt": p.encode() for i, p in enumerate(prompts)}
     texts["special.txt"] = "<|startoftext|>A photo of a CAT, it's 2024!!<|endoftext|>".encode()
     texts["unicode.txt"] = "café naïve Ⅻ 東京 — ½ 🙂\tnew\nline".encode()
+    tokenizer = demo / "tokenizer"
+    config = (tokenizer / "tokenizer_config.json").read_bytes()
+    special = json.dumps({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+                          "pad_token": {"content": "<|endoftext|>", "normalized": False}}).encode()
     return {
+        "clip_tokenizer_files": {
+            "config.bin": config,
+            "config-special.bin": config + b"\0" + special,
+            "tokenizer-json.bin": b"\0\0" + (tokenizer / "tokenizer.json").read_bytes(),
+        },
         "safetensors_header": {
             "two.safetensors": safetensors([("a", "F32", [2], 4), ("b", "F32", [1], 4)]),
             "mixed.safetensors": safetensors(
