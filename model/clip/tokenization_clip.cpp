@@ -267,6 +267,7 @@ struct ClipTokenizer::Impl {
   std::unordered_map<std::string, int32_t> merge_ranks;  // "a b" -> rank
   int64_t max_length = 77;
   int64_t bos = 0, eos = 0, pad = 0, unk = 0;
+  int64_t size = 0;  // ids encode() can give: the vocabulary's and added tokens' beyond it
   // Added tokens as (content, id), matched on the raw and on the normalized text.
   std::vector<std::pair<std::string, int64_t>> raw_added, normalized_added;
   std::unique_ptr<icu::RegexPattern> split_pattern, byte_level_pattern;
@@ -393,9 +394,32 @@ ClipTokenizer::ClipTokenizer(Vocab vocab, const Merges& merges, ClipTokenizerOpt
   }
   impl->max_length = options.model_max_length;
 
+  // Ids need not be contiguous: the size is the largest id + 1, bounded (the text encoder's
+  // embedding table is indexed by them).
+  constexpr int64_t kMaxTokenId = int64_t{1} << 24;
+  impl->size = 0;
+  for (const auto& [token, id] : impl->vocab) {
+    if (id < 0 || id >= kMaxTokenId) {
+      throw TokenizerError(source + ": the id " + std::to_string(id) +
+                           " of a vocabulary token is outside [0, 2^24)");
+    }
+    impl->size = std::max(impl->size, id + 1);
+  }
+  // A token outside vocab.json keeps its configured id (as transformers' added tokens, which
+  // extend the vocabulary); bounded, so that a hostile file cannot name an absurd id. The text
+  // encoder refuses ids beyond its own embedding table.
+  constexpr int64_t kMaxAddedIdsBeyondVocab = 1 << 16;
   auto id_of = [&](const AddedToken& token, const char* role) {
     if (auto it = impl->vocab.find(token.content); it != impl->vocab.end()) return it->second;
-    if (token.id >= 0) return token.id;
+    if (token.id >= 0) {
+      if (token.id >= static_cast<int64_t>(impl->vocab.size()) + kMaxAddedIdsBeyondVocab) {
+        throw TokenizerError(source + ": the " + std::string(role) + " id " +
+                             std::to_string(token.id) + " is far beyond the vocabulary's " +
+                             std::to_string(impl->vocab.size()) + " tokens");
+      }
+      impl->size = std::max(impl->size, token.id + 1);
+      return token.id;
+    }
     throw TokenizerError(source + ": the " + std::string(role) + " \"" + token.content +
                          "\" is not in the vocabulary");
   };
@@ -476,7 +500,7 @@ int64_t ClipTokenizer::bos_id() const { return impl_->bos; }
 int64_t ClipTokenizer::eos_id() const { return impl_->eos; }
 int64_t ClipTokenizer::pad_id() const { return impl_->pad; }
 int64_t ClipTokenizer::unk_id() const { return impl_->unk; }
-int64_t ClipTokenizer::vocab_size() const { return static_cast<int64_t>(impl_->vocab.size()); }
+int64_t ClipTokenizer::vocab_size() const { return impl_->size; }
 
 int64_t ClipTokenizer::token_to_id(const std::string& token) const {
   auto it = impl_->vocab.find(token);

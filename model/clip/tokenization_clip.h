@@ -78,6 +78,8 @@ class ClipTokenizer {
   int64_t unk_id() const;
   // Token strings -> ids (the byte-level alphabet of vocab.json); -1 when absent.
   int64_t token_to_id(const std::string& token) const;
+  // Ids encode() can give: vocab.json's tokens and added tokens beyond them (transformers'
+  // len(tokenizer)); every id is in [0, vocab_size()).
   int64_t vocab_size() const;
 
  private:

@@ -186,6 +186,39 @@ TEST(ClipTokenizer, IsSafeToShareAcrossThreads) {
 
 // ---- folders -----------------------------------------------------------------------------
 
+// Found by fuzz_clip_tokenizer_files: a special token outside the vocabulary kept its configured
+// id, beyond vocab_size(). Added tokens extend the vocabulary (as in transformers); an absurd id
+// is refused.
+TEST(ClipTokenizer, AddedTokensBeyondTheVocabularyExtendItAndAbsurdIdsAreRefused) {
+  ClipTokenizer::Vocab vocab{{"a</w>", 0}, {"<|startoftext|>", 1}};
+  ClipTokenizerOptions options;
+  options.eos_token = AddedToken{"<|endoftext|>"};
+  options.eos_token.id = 2;
+  options.pad_token = options.unk_token = options.eos_token;
+  const ClipTokenizer tok(vocab, {}, options);
+  EXPECT_EQ(tok.vocab_size(), 3);
+  for (int64_t id : tok.encode("a <|endoftext|>")) {
+    EXPECT_GE(id, 0);
+    EXPECT_LT(id, tok.vocab_size());
+  }
+  // Vocabulary ids need not be contiguous; every id encode() gives is below vocab_size().
+  ClipTokenizer::Vocab sparse{{"a</w>", 5000}, {"<|startoftext|>", 1}, {"<|endoftext|>", 2}};
+  const ClipTokenizer gaps(sparse, {}, ClipTokenizerOptions{});
+  EXPECT_EQ(gaps.vocab_size(), 5001);
+  for (int64_t id : gaps.encode("a a")) EXPECT_LT(id, gaps.vocab_size());
+  sparse["a</w>"] = -3;
+  EXPECT_NE(error_of<TokenizerError>([&] {
+              ClipTokenizer(sparse, {}, ClipTokenizerOptions{});
+            }).find("outside [0, 2^24)"),
+            std::string::npos);
+  options.eos_token.id = int64_t{1} << 40;
+  options.pad_token = options.unk_token = options.eos_token;
+  EXPECT_NE(error_of<TokenizerError>([&] {
+              ClipTokenizer(vocab, {}, options, "tok.json");
+            }).find("far beyond the vocabulary"),
+            std::string::npos);
+}
+
 TEST(ClipTokenizerFolder, ReadsTokenizerConfig) {
   const auto dir = temp_dir("clip-config");
   fs::copy(clip_vocab_dir() / "vocab.json", dir / "vocab.json");
