@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 namespace ldcp::server {
 namespace {
@@ -33,12 +34,12 @@ void AutoLevelPolicy::record_arrival(int64_t images, Clock::time_point now) {
 }
 
 void AutoLevelPolicy::record_batch(double level, int64_t images, int64_t steps, double seconds,
-                                   double fixed_seconds) {
+                                   double fixed_seconds, int64_t pixels) {
   if (images <= 0 || steps <= 0 || !(seconds > 0)) return;
   const double fixed = std::clamp(fixed_seconds, 0.0, seconds);
   const Timing t{(seconds - fixed) / static_cast<double>(steps), fixed};
   std::lock_guard lock(mu_);
-  auto& by_images = seconds_per_image_step_[milli(level)];
+  auto& by_images = seconds_per_image_step_[std::max<int64_t>(0, pixels)][milli(level)];
   auto it = by_images.find(images);
   if (it == by_images.end()) {
     by_images.emplace(images, t);
@@ -69,26 +70,35 @@ double AutoLevelPolicy::arrival_rate(Clock::time_point now) const {
   return static_cast<double>(images) / std::max(0.05, span);
 }
 
-std::optional<double> AutoLevelPolicy::throughput(double level, int64_t images,
-                                                  int64_t steps) const {
+std::optional<double> AutoLevelPolicy::throughput(double level, int64_t images, int64_t steps,
+                                                  int64_t pixels) const {
   std::lock_guard lock(mu_);
-  auto lit = seconds_per_image_step_.upper_bound(milli(level));
-  if (lit == seconds_per_image_step_.begin()) return std::nullopt;
+  if (seconds_per_image_step_.empty()) return std::nullopt;
+  // The nearest measured size (ties: the larger, the slower one).
+  auto sit = seconds_per_image_step_.begin();
+  for (auto it = seconds_per_image_step_.begin(); it != seconds_per_image_step_.end(); ++it) {
+    if (std::llabs(it->first - pixels) <= std::llabs(sit->first - pixels)) sit = it;
+  }
+  const double scale = sit->first > 0 && pixels > 0
+                           ? static_cast<double>(pixels) / static_cast<double>(sit->first)
+                           : 1.0;
+  const auto& by_level = sit->second;
+  auto lit = by_level.upper_bound(milli(level));
+  if (lit == by_level.begin()) return std::nullopt;
   --lit;  // the highest measured level at or below `level`
   const auto& by_images = lit->second;
   auto iit = by_images.upper_bound(images);
   if (iit != by_images.begin()) --iit;  // the largest measured batch at or below, else smallest
   const auto& t = iit->second;
   const double batch_seconds =
-      t.fixed + t.per_step * static_cast<double>(std::max<int64_t>(1, steps));
+      scale * (t.fixed + t.per_step * static_cast<double>(std::max<int64_t>(1, steps)));
   if (!(batch_seconds > 0)) return std::nullopt;
   return static_cast<double>(iit->first) / batch_seconds;  // images/s of the measured batch
 }
 
-std::optional<AutoLevelPolicy::Choice> AutoLevelPolicy::choose(const std::vector<Option>& fitting,
-                                                               double top_allowed, int64_t steps,
-                                                               int64_t queued_images,
-                                                               Clock::time_point now) const {
+std::optional<AutoLevelPolicy::Choice> AutoLevelPolicy::choose(
+    const std::vector<Option>& fitting, double top_allowed, int64_t steps, int64_t queued_images,
+    Clock::time_point now, int64_t pixels, bool engine_idle) const {
   if (fitting.empty()) return std::nullopt;
   std::vector<Option> options = fitting;
   // By level, then the larger batch first (at one level a larger batch costs no quality).
@@ -120,7 +130,13 @@ std::optional<AutoLevelPolicy::Choice> AutoLevelPolicy::choose(const std::vector
   double fastest_rate = -1;
   bool any_known = false;
   for (const auto& o : options) {
-    const auto rate = throughput(o.level, o.images, steps);
+    if (engine_idle && queued_images <= o.images) {
+      choice.option = o;
+      choice.required_rate = 0;
+      choice.reason = o.level <= lowest ? lowest_reason : LevelReason::kThroughput;
+      return choice;
+    }
+    const auto rate = throughput(o.level, o.images, steps, pixels);
     if (!rate) {
       // Only higher levels were measured: try this milder one (its batches will measure it)
       // rather than prune on the strength of another level's speed.

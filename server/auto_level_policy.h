@@ -38,8 +38,10 @@ class AutoLevelPolicy {
   void record_arrival(int64_t images, Clock::time_point now);
   // A batch that ran to completion (calibration or served): its wall time, of which
   // `fixed_seconds` did not scale with the steps (text encoding, decoding).
+  // `pixels`: width x height of its images (timings are kept per size: a large image's batch
+  // says little about a small one's).
   void record_batch(double level, int64_t images, int64_t steps, double seconds,
-                    double fixed_seconds = 0);
+                    double fixed_seconds = 0, int64_t pixels = 0);
 
   // Images per second arriving: those after the oldest arrival in the rate window over the time
   // since it (0 for a lone request).
@@ -47,7 +49,9 @@ class AutoLevelPolicy {
   // Measured images per second of `images` images at `level` with `steps` steps; none when no
   // batch at or below that level was measured. Unmeasured pairs use the nearest measured level
   // below and batch size below (both slower: the estimate errs towards more pruning).
-  std::optional<double> throughput(double level, int64_t images, int64_t steps) const;
+  // At another size than measured: the nearest measured size's, scaled by the pixel count.
+  std::optional<double> throughput(double level, int64_t images, int64_t steps,
+                                   int64_t pixels = 0) const;
 
   struct Option {
     size_t requests = 0;  // the batch: the first `requests` candidates
@@ -60,9 +64,16 @@ class AutoLevelPolicy {
     double required_rate = 0;  // images/s it had to cover
   };
   // `fitting`: every option that fits the free memory, within the levels the requests allow;
-  // `top_allowed`: the most pruning allowed. None when nothing fits.
+  // `top_allowed`: the most pruning allowed. `engine_idle`: no other batch is running. An option
+  // that leaves nothing queued on an idle engine keeps up whatever the rate estimate says: no
+  // request waits, and a real overload shows as a queue at the next decision (a closed loop's
+  // measured rate equals its throughput, so the estimate alone would prune on noise). The
+  // scheduler passes it only while AUTO is unpruned: once under pressure, the rate decides and
+  // the hysteresis brings the level down.
+  // None when nothing fits.
   std::optional<Choice> choose(const std::vector<Option>& fitting, double top_allowed,
-                               int64_t steps, int64_t queued_images, Clock::time_point now) const;
+                               int64_t steps, int64_t queued_images, Clock::time_point now,
+                               int64_t pixels = 0, bool engine_idle = false) const;
 
  private:
   AutoLevelConfig config_;
@@ -71,8 +82,8 @@ class AutoLevelPolicy {
   struct Timing {
     double per_step = 0, fixed = 0;  // seconds per batch (moving averages)
   };
-  // level (1/1000) -> images -> timing
-  std::map<int64_t, std::map<int64_t, Timing>> seconds_per_image_step_;
+  // pixels -> level (1/1000) -> images -> timing
+  std::map<int64_t, std::map<int64_t, std::map<int64_t, Timing>>> seconds_per_image_step_;
 };
 
 }  // namespace ldcp::server

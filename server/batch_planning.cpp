@@ -10,7 +10,6 @@
 
 namespace ldcp::server {
 
-
 double RequestScheduler::allowed_max(const Job& job) const {
   if (job.pruning.mode != PruningRequest::Mode::kAuto) return job.pruning.schedule.max_level();
   const double cap = std::min(config_.max_level, job.pruning.max_level);
@@ -109,7 +108,8 @@ std::optional<RequestScheduler::Batch> RequestScheduler::plan_auto(
   int64_t queued_images = 0;
   for (const auto& j : queue_) queued_images += images_of(*j);
   const auto choice =
-      policy_.choose(fitting, allowed_of[1], head.params.steps, queued_images, Clock::now());
+      policy_.choose(fitting, allowed_of[1], head.params.steps, queued_images, Clock::now(), w * h,
+                     running_batches_ == 0 && sticky_level_ <= 0);
   if (!choice) return std::nullopt;
   const size_t n = choice->option.requests;
   Batch b;

@@ -52,7 +52,7 @@ std::vector<double> calibrate(Engine& engine, CostModel& costs, const Calibratio
         costs.add_measurement(n, w, h, level, bytes, p.guidance_scale > 1.0);
         const auto& t = results[0].timings;
         const double fixed = t.total_s > 0 ? std::max(0.0, t.total_s - t.denoising_s) : 0.0;
-        if (runs) runs->push_back({level, n, plan.steps, seconds, fixed});
+        if (runs) runs->push_back({level, n, plan.steps, w * h, seconds, fixed});
         log_info(
             strf("calibration: %lld image(s) %lldx%lld level %.2f: peak %lld bytes above "
                  "weights, %.2f s",

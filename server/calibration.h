@@ -28,6 +28,7 @@ std::vector<int64_t> calibration_batch_sizes(int64_t max_batch);
 struct CalibrationRun {
   double level = 0;
   int64_t images = 0, steps = 0;
+  int64_t pixels = 0;  // width x height
   double seconds = 0;
   double fixed_seconds = 0;  // text encoding and decoding (not per step)
 };

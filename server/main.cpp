@@ -186,7 +186,8 @@ int serve(const ServerConfig& c) {
   metrics.set_queue_capacity(sc.max_queue);
   RequestScheduler scheduler(engine, budget, costs, &metrics, sc);
   for (const auto& r : calibration_runs) {
-    scheduler.auto_policy().record_batch(r.level, r.images, r.steps, r.seconds, r.fixed_seconds);
+    scheduler.auto_policy().record_batch(r.level, r.images, r.steps, r.seconds, r.fixed_seconds,
+                                         r.pixels);
   }
   GenerationService service(scheduler, engine, &metrics, RequestLimits::from(c, native));
   service.set_authenticator(&auth);

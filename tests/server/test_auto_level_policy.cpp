@@ -34,7 +34,8 @@ struct ThroughputFixture {
     c.auto_policy.drain_seconds = 2;
     scheduler = std::make_unique<RequestScheduler>(engine, budget, costs, &metrics, c);
     for (const auto& run : runs) {
-      scheduler->auto_policy().record_batch(run.level, run.images, run.steps, run.seconds);
+      scheduler->auto_policy().record_batch(run.level, run.images, run.steps, run.seconds,
+                                            run.fixed_seconds, run.pixels);
     }
   }
   // Requests at a steady rate for `duration`; the outcomes in arrival order.
