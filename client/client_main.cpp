@@ -25,10 +25,10 @@
 #include <grpcpp/grpcpp.h>
 #include <CLI/CLI.hpp>
 
+#include "cli/progress.h"
 #include "client/service_config.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "ldcp/v1/ldcp.grpc.pb.h"
-#include "tools/progress.h"
 
 namespace {
 
@@ -257,7 +257,7 @@ int generate(const GenerateOptions& o) {
   } else {
     auto reader = stub->GenerateStream(&ctx, req);
     ldcp::v1::GenerateEvent ev;
-    std::optional<ldcp::tools::Progress> bar;
+    std::optional<ldcp::cli::Progress> bar;
     bool got_result = false;
     while (reader->Read(&ev)) {
       if (ev.has_progress()) {
@@ -266,7 +266,7 @@ int generate(const GenerateOptions& o) {
         if (!bar) bar.emplace("generate", p.num_steps());
         char detail[64];
         std::snprintf(detail, sizeof detail, "level %.2f", p.level());
-        bar->update(p.step(), detail);
+        bar->update(p.step(), detail, p.elapsed_seconds());
         if (p.has_preview() && !p.preview().data().empty()) {
           auto path = std::filesystem::path(o.out);
           path.replace_filename(path.stem().string() + "-preview.png");

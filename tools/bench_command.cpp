@@ -17,6 +17,7 @@
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
+#include "cli/progress.h"
 #include "model/io/model_folder.h"
 #include "model/io/weights.h"
 #include "model/models/unets/unet_2d_condition.h"
@@ -27,9 +28,10 @@
 #include "model/schedulers/scheduler.h"
 #include "tools/commands.h"
 #include "tools/measure.h"
-#include "tools/progress.h"
 
 namespace ldcp::tools {
+
+using cli::Progress;
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();

@@ -19,6 +19,7 @@
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
+#include "cli/progress.h"
 #include "model/io/model_folder.h"
 #include "model/models/unets/unet_2d_condition.h"
 #include "model/pipelines/image_io.h"
@@ -30,9 +31,10 @@
 #include "model/schedulers/scheduler.h"
 #include "tools/commands.h"
 #include "tools/measure.h"
-#include "tools/progress.h"
 
 namespace ldcp::tools {
+
+using cli::Progress;
 namespace {
 
 namespace fs = std::filesystem;

@@ -7,6 +7,7 @@
 
 #include <torch/torch.h>
 
+#include "cli/progress.h"
 #include "model/io/model_folder.h"
 #include "model/pipelines/image_io.h"
 #include "model/pipelines/pipeline_stable_diffusion.h"
@@ -16,9 +17,10 @@
 #include "model/runtime/dtype.h"
 #include "model/schedulers/scheduler.h"
 #include "tools/commands.h"
-#include "tools/progress.h"
 
 namespace ldcp::tools {
+
+using cli::Progress;
 
 c10::ScalarType parse_dtype(const std::string& name, const c10::Device& device) {
   const auto choice = runtime::resolve_dtype(name, device);

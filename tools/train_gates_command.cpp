@@ -8,12 +8,14 @@
 
 #include <torch/torch.h>
 
+#include "cli/progress.h"
 #include "model/pruning/gate_trainer.h"
 #include "model/runtime/dtype.h"
 #include "tools/commands.h"
-#include "tools/progress.h"
 
 namespace ldcp::tools {
+
+using cli::Progress;
 namespace {
 
 struct TrainGatesArgs {

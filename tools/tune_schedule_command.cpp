@@ -17,6 +17,7 @@
 
 #include <torch/torch.h>
 
+#include "cli/progress.h"
 #include "model/pipelines/image_io.h"
 #include "model/pipelines/pipeline_stable_diffusion.h"
 #include "model/pruning/gate_scores.h"
@@ -26,10 +27,11 @@
 #include "model/schedulers/scheduler.h"
 #include "tools/commands.h"
 #include "tools/measure.h"
-#include "tools/progress.h"
 #include "tools/tune_schedule_report.h"
 
 namespace ldcp::tools {
+
+using cli::Progress;
 namespace {
 
 namespace fs = std::filesystem;

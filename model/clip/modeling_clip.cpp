@@ -194,7 +194,7 @@ ClipTextModel load_clip_text_model(const std::filesystem::path& text_encoder_dir
   } catch (const io::ConfigError& e) {
     throw io::ConfigError(config_file.string() + ": " + e.what());
   }
-  auto model = models::make_uninitialized<ClipTextModel>(config);
+  auto model = models::make_uninitialized<ClipTextModel>(options.dtype, config);
 
   // transformers 5 writes the keys without "text_model." (its PrefixChange for CLIPTextModel):
   // they are then the keys of the inner module. Older checkpoints, SD1.5's among them, have it.

@@ -192,6 +192,7 @@ void SafetensorsFile::read_into(const std::string& name, at::Tensor& target,
   }
   const auto nbytes = static_cast<int64_t>(entry.end - entry.begin);
   if (!staging->defined() || staging->numel() < nbytes) {
+    *staging = at::Tensor();  // freed first: the old and the new buffer never coexist
     *staging = at::empty({nbytes}, at::TensorOptions().dtype(at::kByte).device(at::kCPU));
   }
   state_->read(name, entry, staging->data_ptr());

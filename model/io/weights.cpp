@@ -119,11 +119,19 @@ void load_entries(torch::nn::Module& module, const Entries& entries, const std::
   for (auto& [name, target] : targets) {
     auto it = entries.find(name);
     if (it == entries.end()) continue;  // an ignored missing key
-    if (options.channels_last && target.dim() == 4 &&
-        !target.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-      // The target is overwritten next: new storage, not a copy of the old values. (The
-      // module's tensor shares this one's implementation, so it sees the new strides.)
-      target.set_data(at::empty_like(target, at::MemoryFormat::ChannelsLast));
+    const bool convert =
+        options.dtype && target.is_floating_point() && target.scalar_type() != *options.dtype;
+    const bool relayout = options.channels_last && target.dim() == 4 &&
+                          !target.is_contiguous(at::MemoryFormat::ChannelsLast);
+    // The target is overwritten next: new storage, not a copy of the old values. (The
+    // module's tensor shares this one's implementation, so it sees the new dtype and strides;
+    // the old storage is freed here, one tensor at a time.)
+    const auto dtype = convert ? *options.dtype : target.scalar_type();
+    if (relayout) {
+      target.set_data(
+          at::empty(target.sizes(), target.options().dtype(dtype), at::MemoryFormat::ChannelsLast));
+    } else if (convert) {
+      target.set_data(at::empty_like(target, target.options().dtype(dtype)));
     }
     it->second.read_into(target, staging);
   }

@@ -5,6 +5,7 @@
 // attention names, which are renamed here and nowhere else.
 
 #include <filesystem>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -32,6 +33,11 @@ struct LoadOptions {
   // cuDNN run the convolutions without converting layouts: as Python's
   // module.to(memory_format=torch.channels_last), done while reading, without a second copy.
   bool channels_last = false;
+  // The dtype of the module's floating-point tensors, reached while reading: each tensor is
+  // converted as it is read (through the staging buffer), and the loaders build the module's
+  // layers in it, so a bf16 run never holds the checkpoint's fp32 weights (max RSS is the
+  // weights in this dtype plus one staging tensor). Unset: the module's own dtype.
+  std::optional<c10::ScalarType> dtype;
 };
 
 // The safetensors weight file of a component folder: diffusion_pytorch_model.safetensors

@@ -6,24 +6,34 @@ namespace ldcp::models {
 namespace {
 
 thread_local bool skip_initialization = false;
+thread_local std::optional<c10::ScalarType> uninitialized_dtype;
 
 // Gives `parameter` uninitialized storage of `shape` (the registered parameter is the same
 // tensor, so the module sees the new size).
 void resize_uninitialized(at::Tensor& parameter, at::IntArrayRef shape) {
   if (!parameter.defined()) return;
   torch::NoGradGuard no_grad;
-  parameter.set_data(at::empty(shape, parameter.options()));
+  auto options = parameter.options();
+  if (uninitialized_dtype) options = options.dtype(*uninitialized_dtype);
+  parameter.set_data(at::empty(shape, options));
 }
 
 }  // namespace
 
-UninitializedParameters::UninitializedParameters() : previous_(skip_initialization) {
+UninitializedParameters::UninitializedParameters(std::optional<c10::ScalarType> dtype)
+    : previous_active_(skip_initialization), previous_dtype_(uninitialized_dtype) {
   skip_initialization = true;
+  uninitialized_dtype = dtype;
 }
 
-UninitializedParameters::~UninitializedParameters() { skip_initialization = previous_; }
+UninitializedParameters::~UninitializedParameters() {
+  skip_initialization = previous_active_;
+  uninitialized_dtype = previous_dtype_;
+}
 
 bool UninitializedParameters::active() { return skip_initialization; }
+
+std::optional<c10::ScalarType> UninitializedParameters::dtype() { return uninitialized_dtype; }
 
 torch::nn::Conv2d conv2d(const torch::nn::Conv2dOptions& options) {
   if (!skip_initialization) return torch::nn::Conv2d(options);

@@ -8,7 +8,10 @@
 // right shapes instead; outside one they construct the layers as libtorch does.
 
 #include <cstdint>
+#include <optional>
 #include <utility>
+
+#include <c10/core/ScalarType.h>
 
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/embedding.h>
@@ -16,26 +19,30 @@
 
 namespace ldcp::models {
 
-// While alive (on this thread), the factories below leave parameters uninitialized. For
-// loaders only: every parameter must then be overwritten before use.
+// While alive (on this thread), the factories below leave parameters uninitialized, in
+// `dtype` when given (so that a bf16 run never allocates its weights in fp32). For loaders
+// only: every parameter must then be overwritten before use.
 class UninitializedParameters {
  public:
-  UninitializedParameters();
+  explicit UninitializedParameters(std::optional<c10::ScalarType> dtype = std::nullopt);
   ~UninitializedParameters();
   UninitializedParameters(const UninitializedParameters&) = delete;
   UninitializedParameters& operator=(const UninitializedParameters&) = delete;
 
   static bool active();
+  // The dtype of the innermost active scope, if it set one.
+  static std::optional<c10::ScalarType> dtype();
 
  private:
-  bool previous_;
+  bool previous_active_;
+  std::optional<c10::ScalarType> previous_dtype_;
 };
 
 // A Module (holder) built inside an UninitializedParameters scope: for loaders that read every
 // parameter from a checkpoint next (load_component is strict, so none is left unread).
 template <typename Module, typename... Args>
-Module make_uninitialized(Args&&... args) {
-  UninitializedParameters skip_random_init;
+Module make_uninitialized(std::optional<c10::ScalarType> dtype, Args&&... args) {
+  UninitializedParameters skip_random_init(dtype);
   return Module(std::forward<Args>(args)...);
 }
 

@@ -82,6 +82,7 @@ std::unique_ptr<StableDiffusionPipeline> StableDiffusionPipeline::load(
       clip::ClipTokenizer::from_folder(parts->folder.tokenizer));
   io::LoadOptions load_options;
   load_options.prefer_fp16 = options.prefer_fp16_weights;
+  load_options.dtype = options.dtype;  // converted while reading: no fp32 copy of a bf16 run
   parts->text_encoder = clip::load_clip_text_model(parts->folder.text_encoder, load_options);
   load_options.channels_last = options.channels_last;  // the convolutional networks only
   parts->unet = models::load_unet(parts->folder.unet, load_options);

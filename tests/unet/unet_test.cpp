@@ -15,6 +15,7 @@
 #include "model/models/embeddings.h"
 #include "model/models/layers.h"
 #include "model/models/unets/unet_2d_condition.h"
+#include "model/runtime/memory_meter.h"
 #include "tests/common/test_util.h"
 
 namespace {
@@ -400,6 +401,70 @@ TEST(LayerFactories, UninitializedScopeGivesTheSameLayersWithoutDrawingWeights) 
   embedding->weight.normal_();
   EXPECT_TRUE(torch::equal(embedding(torch::tensor({3, 10})),
                            embedding->weight.index_select(0, torch::tensor({3, 10}))));
+}
+
+TEST(LayerFactories, UninitializedScopeBuildsParametersInItsDtype) {
+  namespace m = ldcp::models;
+  const auto conv_options = torch::nn::Conv2dOptions(4, 8, 3);
+  torch::nn::Conv2d bf16_conv{nullptr}, inherited{nullptr}, plain{nullptr};
+  torch::nn::Linear half_linear{nullptr};
+  {
+    m::UninitializedParameters outer(torch::kBFloat16);
+    bf16_conv = m::conv2d(conv_options);
+    {
+      m::UninitializedParameters inner;  // no dtype: the module's own (fp32)
+      plain = m::conv2d(conv_options);
+      EXPECT_FALSE(m::UninitializedParameters::dtype().has_value());
+    }
+    EXPECT_EQ(m::UninitializedParameters::dtype(), torch::kBFloat16);  // restored
+    inherited = m::conv2d(conv_options);
+    m::UninitializedParameters fp16(torch::kHalf);
+    half_linear = m::linear(torch::nn::LinearOptions(3, 5));
+  }
+  EXPECT_FALSE(m::UninitializedParameters::dtype().has_value());
+  EXPECT_EQ(bf16_conv->weight.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(bf16_conv->bias.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(inherited->weight.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(plain->weight.scalar_type(), torch::kFloat);
+  EXPECT_EQ(half_linear->weight.scalar_type(), torch::kHalf);
+  EXPECT_EQ(bf16_conv->weight.sizes(), plain->weight.sizes());
+}
+
+// A bf16 load converts each tensor as it is read: the result equals an fp32 load converted
+// afterwards, and the tensor memory it ever holds is the bf16 weights plus one staging tensor,
+// never the fp32 weights (issue 13: a bf16 run's max RSS was the fp32 model's).
+TEST(LoadUNet, ConvertsWhileReadingWithoutHoldingTheFp32Weights) {
+  const auto dir = unet_dir("tiny-a");
+  auto reference = ldcp::models::load_unet(dir);
+  int64_t fp32_bytes = 0, largest_fp32_tensor = 0, vector_fp32_bytes = 0;
+  for (const auto& p : reference->parameters()) {
+    fp32_bytes += p.numel() * 4;
+    largest_fp32_tensor = std::max<int64_t>(largest_fp32_tensor, p.numel() * 4);
+    if (p.dim() == 1) vector_fp32_bytes += p.numel() * 4;
+  }
+  reference->to(torch::kBFloat16);
+
+  ldcp::runtime::MemoryMeter meter{c10::Device(c10::kCPU)};
+  ldcp::runtime::release_free_cpu_memory();
+  meter.reset_peak();
+  const int64_t before = meter.stats().allocated_bytes;
+  ldcp::io::LoadOptions options;
+  options.dtype = torch::kBFloat16;
+  auto unet = ldcp::models::load_unet(dir, options);
+  const int64_t peak = meter.stats().peak_allocated_bytes - before;
+
+  const auto expected = reference->named_parameters();
+  for (const auto& item : unet->named_parameters()) {
+    SCOPED_TRACE(item.key());
+    EXPECT_EQ(item.value().scalar_type(), torch::kBFloat16);
+    EXPECT_TRUE(torch::equal(item.value(), expected[item.key()]));
+  }
+  // The bound: bf16 weights + the staging buffer (at most the largest fp32 tensor) + the
+  // norms' vectors, which libtorch's GroupNorm/LayerNorm build in fp32 before they are
+  // converted (bounded here by every 1-D parameter, biases included) + a little.
+  const int64_t bound = fp32_bytes / 2 + largest_fp32_tensor + vector_fp32_bytes + 16 * 1024;
+  ASSERT_LT(bound, fp32_bytes) << "the model is too small for the bound to mean anything";
+  EXPECT_LE(peak, bound) << "peak " << peak << " bytes while loading; fp32 weights " << fp32_bytes;
 }
 
 }  // namespace

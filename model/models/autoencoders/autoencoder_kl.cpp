@@ -133,7 +133,7 @@ AutoencoderKL load_vae(const std::filesystem::path& vae_dir, const io::LoadOptio
   } catch (const ConfigError& e) {
     throw ConfigError(config_path.string() + ": " + e.what());
   }
-  auto vae = make_uninitialized<AutoencoderKL>(config);
+  auto vae = make_uninitialized<AutoencoderKL>(options.dtype, config);
   ldcp::io::load_component(*vae, vae_dir, options);
   vae->eval();
   return vae;

@@ -214,7 +214,7 @@ UNet2DConditionModel load_unet(const std::filesystem::path& unet_dir,
   } catch (const ConfigError& e) {
     throw ConfigError(config_path.string() + ": " + e.what());
   }
-  auto model = make_uninitialized<UNet2DConditionModel>(config);
+  auto model = make_uninitialized<UNet2DConditionModel>(options.dtype, config);
   io::load_component(*model, unet_dir, options);
   model->eval();
   for (auto& parameter : model->parameters()) parameter.set_requires_grad(false);
