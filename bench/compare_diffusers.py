@@ -11,7 +11,18 @@ run as its own child process measured the same way:
   reports it (diffusers: timed around pipe(...); ldcp: the "total" it prints);
 - peak memory: the child's maximum resident set size (os.wait4's ru_maxrss);
 - CPU time of the whole process (user + system, all threads; os.wait4's rusage): on a machine
-  shared with other work the wall time grows with their load, the CPU time much less.
+  shared with other work the wall time grows with their load, the CPU time much less;
+- on CUDA, the GPU's peak: diffusers' torch.cuda.max_memory_allocated() after the generation,
+  ldcp's "peak memory" line (its MemoryMeter: the caching allocator's peak allocated bytes).
+
+--dtype fp32|bf16|fp16 (default fp32) runs both in that dtype: diffusers loads with
+from_pretrained(dtype=...) (torch_dtype in older diffusers), ldcp gets --dtype. --device
+cpu|cuda (default cpu): diffusers' pipeline .to("cuda") (its default attention processor,
+AttnProcessor2_0: torch's scaled_dot_product_attention), ldcp gets --device. The initial noise
+comes from a CPU generator on every device, torch.Generator("cpu").manual_seed(seed) (diffusers'
+randn_tensor draws on the CPU and moves the latents to the device), which is what ldcp's --seed
+reproduces on every device: the images stay comparable, and the PSNR line means the same on
+CUDA as on the CPU.
 
 Prints the medians and each one's ratio to diffusers, the agreement of the level-0 image with
 diffusers' (PSNR), and with --json writes every figure.
@@ -32,6 +43,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+def torch_dtypes():
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def run_diffusers_child(args):
@@ -40,21 +58,32 @@ def run_diffusers_child(args):
     import torch
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
+    TORCH_DTYPES = torch_dtypes()
+
     torch.set_num_threads(args.threads)
     pipe = StableDiffusionPipeline.from_pretrained(args.model, safety_checker=None,
                                                    requires_safety_checker=False,
-                                                   torch_dtype=torch.float32)
+                                                   dtype=TORCH_DTYPES[args.dtype])
     pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        pipe = pipe.to(args.device)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     loaded = time.perf_counter()
     with torch.inference_mode():
         image = pipe(args.prompt, width=args.width, height=args.height,
                      num_inference_steps=args.steps, guidance_scale=args.guidance,
                      generator=torch.Generator("cpu").manual_seed(args.seed)).images[0]
+    if cuda:
+        torch.cuda.synchronize()
     generated = time.perf_counter()
     image.save(args.child_out)
+    processors = sorted({type(p).__name__ for p in pipe.unet.attn_processors.values()})
     print(json.dumps({"load_s": loaded - start, "generate_s": generated - loaded,
-                      "threads": torch.get_num_threads()}))
+                      "threads": torch.get_num_threads(), "attention": processors,
+                      "cuda_peak_bytes": torch.cuda.max_memory_allocated() if cuda else None}))
 
 
 def measure(argv, env, log_path):
@@ -102,6 +131,10 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32",
+                        help="dtype of both: diffusers' from_pretrained dtype, ldcp's --dtype")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda or cuda:N: diffusers' .to(device), ldcp's --device")
     parser.add_argument("--levels", default="0,0.5", help="ldcp pruning levels to run")
     parser.add_argument("--runs", type=int, default=3, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
@@ -120,6 +153,8 @@ def main():
         parser.error(f"--model {args.model}: no model_index.json there")
     if not os.access(args.ldcp, os.X_OK):
         parser.error(f"--ldcp {args.ldcp}: not an executable (build the ldcp target)")
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", args.device):
+        parser.error(f"--device {args.device}: expected cpu, cuda or cuda:N")
     if args.runs < 1 or args.warmup < 0:
         parser.error("--runs must be >= 1 and --warmup >= 0")
     try:
@@ -132,7 +167,8 @@ def main():
                PYTHONDONTWRITEBYTECODE="1")
 
     common = dict(prompt=args.prompt, width=args.width, height=args.height, steps=args.steps,
-                  guidance=args.guidance, seed=args.seed)
+                  guidance=args.guidance, seed=args.seed, dtype=args.dtype, device=args.device)
+    cuda = args.device.startswith("cuda")
 
     def diffusers_argv(image):
         argv = [args.python, str(Path(__file__).resolve()), "--child-diffusers", "--model",
@@ -151,9 +187,11 @@ def main():
 
     variants = [("diffusers", None)] + [(f"ldcp L{level:g}", level) for level in levels]
     figures = {name: {"wall_s": [], "cpu_s": [], "generate_s": [], "max_rss_bytes": [],
-                      "ldcp_tensor_peak_bytes": []} for name, _ in variants}
+                      "ldcp_tensor_peak_bytes": [], "cuda_peak_bytes": []}
+               for name, _ in variants}
     images = {}
     total_rounds = args.warmup + args.runs
+    attention = []  # diffusers' attention processors, as its child reports them
     for round_index in range(total_rounds):
         timed = round_index >= args.warmup
         k = round_index % len(variants)
@@ -167,12 +205,17 @@ def main():
                 return 1
             if level is None:
                 line = [l for l in output.splitlines() if l.startswith("{")][-1]
-                generate_s = json.loads(line)["generate_s"]
+                child = json.loads(line)
+                generate_s = child["generate_s"]
                 tensor_peak = None
+                cuda_peak = child["cuda_peak_bytes"]
+                attention = child["attention"]
             else:
                 generate_s = float(re.search(r"total ([0-9.]+)s", output).group(1))
                 tensor_peak = int(float(re.search(r"peak memory ([0-9.]+) MiB", output)
                                         .group(1)) * 2 ** 20)
+                # On CUDA ldcp's measured peak is the caching allocator's (MemoryMeter).
+                cuda_peak = tensor_peak if cuda else None
             images[name] = image
             print(f"{'run' if timed else 'warm-up'} {round_index + 1 - args.warmup if timed else round_index + 1}: "
                   f"{name}: wall {wall:.2f}s, CPU {cpu:.1f}s, generate {generate_s:.2f}s, "
@@ -185,6 +228,8 @@ def main():
                 f["max_rss_bytes"].append(rss)
                 if tensor_peak is not None:
                     f["ldcp_tensor_peak_bytes"].append(tensor_peak)
+                if cuda_peak is not None:
+                    f["cuda_peak_bytes"].append(cuda_peak)
 
     med = {name: {key: (statistics.median(values) if values else None)
                   for key, values in f.items()} for name, f in figures.items()}
@@ -198,12 +243,18 @@ def main():
                      f"{m['generate_s']:.2f}", ratio(m["generate_s"], ref["generate_s"]),
                      f"{m['max_rss_bytes'] / 2 ** 20:.0f}",
                      ratio(m["max_rss_bytes"], ref["max_rss_bytes"])])
+        if cuda:
+            rows[-1] += [f"{m['cuda_peak_bytes'] / 2 ** 20:.0f}",
+                         ratio(m["cuda_peak_bytes"], ref["cuda_peak_bytes"])]
+    where = f"{args.device} (diffusers' attention: {', '.join(attention)})" if cuda else "CPU"
     print(f"ldcp generate vs diffusers {args.model}: {args.width}x{args.height}, {args.steps} PNDM "
-          f"steps, guidance {args.guidance}, fp32 CPU, {args.threads} threads; medians of "
-          f"{args.runs} alternating runs (after {args.warmup} warm-up)\n")
-    print(markdown_table(["", "process wall s", "x diffusers", "process CPU s", "x diffusers",
-                          "generation s", "x diffusers",
-                          "max RSS MiB", "x diffusers"], rows))
+          f"steps, guidance {args.guidance}, {args.dtype} {where}, {args.threads} threads, CPU "
+          f"generator; medians of {args.runs} alternating runs (after {args.warmup} warm-up)\n")
+    header = ["", "process wall s", "x diffusers", "process CPU s", "x diffusers",
+              "generation s", "x diffusers", "max RSS MiB", "x diffusers"]
+    if cuda:
+        header += ["CUDA peak MiB", "x diffusers"]
+    print(markdown_table(header, rows))
     agreement = {}
     for name, level in variants[1:]:
         agreement[name] = psnr(images[name], images["diffusers"])
@@ -212,7 +263,8 @@ def main():
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"settings": {**common, "model": args.model, "threads": args.threads,
-                          "runs": args.runs, "warmup": args.warmup, "levels": levels},
+                          "runs": args.runs, "warmup": args.warmup, "levels": levels,
+                          "generator": "cpu", "diffusers_attention": attention},
              "runs": figures, "medians": med,
              "psnr_vs_diffusers_db": {k: (v if v != float("inf") else None)
                                      for k, v in agreement.items()}}, indent=1))

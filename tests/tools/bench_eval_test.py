@@ -199,6 +199,13 @@ def test_compare(ldcp, model, tmp):
     # Same settings: ldcp's level-0 image is diffusers' (to rounding).
     check((data["psnr_vs_diffusers_db"]["ldcp L0"] or 1e9) > 40,
           f"compare: level-0 image differs from diffusers' ({data['psnr_vs_diffusers_db']})")
+    # The default dtype and device, recorded and named in the header.
+    settings = data["settings"]
+    check(settings["dtype"] == "fp32" and settings["device"] == "cpu", f"compare: {settings}")
+    check(", fp32 CPU," in result.stdout, "compare: the header does not name fp32 CPU")
+    bad = run([sys.executable, script, "--model", model, "--ldcp", ldcp, "--device", "tpu"])
+    check(bad.returncode == 2 and "--device tpu" in bad.stderr,
+          f"compare: --device tpu not refused: {bad.returncode} {bad.stderr}")
 
 
 def main():
