@@ -110,10 +110,15 @@ std::optional<AutoLevelPolicy::Choice> AutoLevelPolicy::choose(
   const auto lowest_reason = lowest > 0 ? LevelReason::kMemory : LevelReason::kNone;
   Choice choice;
   const double arriving = arrival_rate(now);
-  // What an option must serve: the arrivals, plus the queue it leaves behind drained in time.
-  auto required = [&](const Option& o) {
-    return arriving + static_cast<double>(std::max<int64_t>(0, queued_images - o.images)) /
-                          std::max(0.1, config_.drain_seconds);
+  // What an option must serve: the arrivals, plus the queue it leaves behind drained in time
+  // (`rate`: the option's measured throughput, whose batch time may lengthen the horizon).
+  auto required = [&](const Option& o, std::optional<double> rate = std::nullopt) {
+    double horizon = std::max(0.1, config_.drain_seconds);
+    if (rate && *rate > 0) {
+      horizon = std::max(horizon, config_.drain_batches * static_cast<double>(o.images) / *rate);
+    }
+    return arriving +
+           static_cast<double>(std::max<int64_t>(0, queued_images - o.images)) / horizon;
   };
   choice.required_rate = required(options.front());
   if (choice.required_rate <= 0) {
@@ -150,9 +155,9 @@ std::optional<AutoLevelPolicy::Choice> AutoLevelPolicy::choose(
     any_known = true;
     // 10% tolerance: measured throughput is noisy, and a closed loop's arrival rate can approach
     // it without the level falling behind; prune no more than it must.
-    if (*rate >= 0.9 * required(o)) {
+    if (*rate >= 0.9 * required(o, rate)) {
       choice.option = o;
-      choice.required_rate = required(o);
+      choice.required_rate = required(o, rate);
       choice.reason = o.level <= lowest ? lowest_reason : LevelReason::kThroughput;
       return choice;
     }

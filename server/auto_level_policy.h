@@ -1,7 +1,7 @@
 #pragma once
 // AUTO's level choice: the least pruning that keeps up. Among the (batch, level) options that fit
 // the free memory, the lowest level whose measured throughput covers the recent arrival rate plus
-// draining the queue within drain_seconds; when no level covers it (a burst), the option with the
+// draining the queue in time (AutoLevelConfig); when no level covers it (a burst), the option with the
 // highest throughput, which under memory pressure is the largest batch at the highest allowed
 // level. Throughput is measured (images per second per denoising step count, from calibration
 // runs and served batches), never assumed. Hysteresis stays in the scheduler.
@@ -27,7 +27,11 @@ const char* level_reason_name(LevelReason reason);
 
 struct AutoLevelConfig {
   std::chrono::milliseconds rate_window{10000};  // arrivals counted over this window
-  double drain_seconds = 10;                     // the queue should empty within this
+  // The queue should empty within drain_seconds, or within drain_batches of the option's own
+  // batches where those take longer: on a model whose batch outlasts drain_seconds (an SD1.5
+  // image on a CPU takes ~20 s), one queued request would otherwise always force pruning.
+  double drain_seconds = 10;
+  double drain_batches = 4;
 };
 
 class AutoLevelPolicy {

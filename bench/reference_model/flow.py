@@ -38,7 +38,7 @@ LEVELS = (0.25, 0.5, 0.75)
 SOURCES = ("learned", "magnitude", "random")
 
 FULL = dict(gate_images=None, sample_seeds=16, sample_steps=30, gate_steps=300, gate_batch=8,
-            eval_seeds=16, eval_steps=20, tune_seeds=4, tune_eval_seeds=8,
+            eval_seeds=64, eval_steps=20, tune_seeds=4, tune_eval_seeds=8,
             budgets="0.6,0.7,0.8", floor=0.25)
 QUICK = dict(gate_images=48, sample_seeds=2, sample_steps=3, gate_steps=4, gate_batch=2,
              eval_seeds=2, eval_steps=3, tune_seeds=1, tune_eval_seeds=1, budgets="0.7",

@@ -112,5 +112,47 @@ TEST(AutoLevelPolicy, ARateOnlyLevel07CanServeGoesTo07) {
   EXPECT_STRNE(outcomes.back().level_reason, "memory");
 }
 
+
+// A slow model (20 s an image at level 0, as SD1.5 on a CPU): one request queued behind the
+// batch does not force pruning when level 0 keeps up with the arrivals; the queue then has
+// drain_batches of level 0's batches to empty, not drain_seconds (10 s, half a batch). A long
+// queue still does.
+TEST(AutoLevelPolicy, ASlowModelsShortQueueDrainsWithinFourBatchesUnpruned) {
+  const auto t0 = AutoLevelPolicy::Clock::now();
+  auto make = [&](double drain_batches) {
+    AutoLevelConfig config;
+    config.rate_window = 200s;
+    config.drain_seconds = 10;
+    config.drain_batches = drain_batches;
+    auto policy = std::make_unique<AutoLevelPolicy>(config);
+    policy->record_batch(0.0, 1, 1, 20.0);  // 0.05 images/s
+    policy->record_batch(0.7, 1, 1, 8.0);   // 0.125 images/s
+    for (int i = 0; i <= 5; ++i) {          // 0.03 images/s: 0.6x level 0's throughput
+      policy->record_arrival(1, t0 + std::chrono::milliseconds(i * 33333));
+    }
+    return policy;
+  };
+  const std::vector<AutoLevelPolicy::Option> fitting = {{1, 1, 0.0}, {1, 1, 0.7}};
+  const auto now = t0 + std::chrono::milliseconds(5 * 33333);
+
+  const auto short_queue = make(4)->choose(fitting, 0.7, 1, /*queued_images=*/2, now);
+  ASSERT_TRUE(short_queue);
+  EXPECT_EQ(short_queue->option.level, 0.0);
+  EXPECT_EQ(short_queue->reason, LevelReason::kNone);
+  EXPECT_NEAR(short_queue->required_rate, 0.03 + 1.0 / 80, 1e-3);  // 4 batches of 20 s
+
+  // Draining in drain_seconds alone (the old rule) prunes for that one request.
+  const auto seconds_only = make(0)->choose(fitting, 0.7, 1, 2, now);
+  ASSERT_TRUE(seconds_only);
+  EXPECT_EQ(seconds_only->option.level, 0.7);
+  EXPECT_EQ(seconds_only->reason, LevelReason::kThroughput);
+
+  // Ten queued images are a real backlog: the most pruning allowed.
+  const auto long_queue = make(4)->choose(fitting, 0.7, 1, 10, now);
+  ASSERT_TRUE(long_queue);
+  EXPECT_EQ(long_queue->option.level, 0.7);
+  EXPECT_EQ(long_queue->reason, LevelReason::kRequestCap);
+}
+
 }  // namespace
 }  // namespace ldcp::server
