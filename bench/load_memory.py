@@ -27,10 +27,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from compare_diffusers import measure  # noqa: E402  (wall, max RSS, exit code, output, CPU)
 COMPONENTS = ("unet", "vae", "text_encoder")
 
 
@@ -61,16 +62,6 @@ def fp16_variant(model: Path, work: Path) -> Path:
                 save_file(tensors, out / component / f"{name}.fp16.safetensors")
                 del tensors
     return out
-
-
-def measure(argv, env, log_path):
-    with open(log_path, "w") as log:
-        start = time.perf_counter()
-        child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(child.pid, 0)
-        wall = time.perf_counter() - start
-    output = Path(log_path).read_text(errors="replace")
-    return wall, usage.ru_maxrss * 1024, os.waitstatus_to_exitcode(status), output
 
 
 def main():
@@ -112,7 +103,7 @@ def main():
                     "--out", str(work / f"{tag}.png")]
             if weights == "fp16":
                 argv.append("--fp16-weights")
-            wall, rss, code, output = measure(argv, env, work / f"{tag}-{round_index}.log")
+            wall, rss, code, output, _ = measure(argv, env, work / f"{tag}-{round_index}.log")
             if code != 0:
                 print(f"{tag} failed (exit {code}):\n{output[-3000:]}", file=sys.stderr)
                 return 1
