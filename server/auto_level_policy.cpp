@@ -117,8 +117,7 @@ std::optional<AutoLevelPolicy::Choice> AutoLevelPolicy::choose(
     if (rate && *rate > 0) {
       horizon = std::max(horizon, config_.drain_batches * static_cast<double>(o.images) / *rate);
     }
-    return arriving +
-           static_cast<double>(std::max<int64_t>(0, queued_images - o.images)) / horizon;
+    return arriving + static_cast<double>(std::max<int64_t>(0, queued_images - o.images)) / horizon;
   };
   choice.required_rate = required(options.front());
   if (choice.required_rate <= 0) {

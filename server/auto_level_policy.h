@@ -1,8 +1,8 @@
 #pragma once
 // AUTO's level choice: the least pruning that keeps up. Among the (batch, level) options that fit
 // the free memory, the lowest level whose measured throughput covers the recent arrival rate plus
-// draining the queue in time (AutoLevelConfig); when no level covers it (a burst), the option with the
-// highest throughput, which under memory pressure is the largest batch at the highest allowed
+// draining the queue in time (AutoLevelConfig); when no level covers it (a burst), the option with
+// the highest throughput, which under memory pressure is the largest batch at the highest allowed
 // level. Throughput is measured (images per second per denoising step count, from calibration
 // runs and served batches), never assumed. Hysteresis stays in the scheduler.
 

@@ -112,7 +112,6 @@ TEST(AutoLevelPolicy, ARateOnlyLevel07CanServeGoesTo07) {
   EXPECT_STRNE(outcomes.back().level_reason, "memory");
 }
 
-
 // A slow model (20 s an image at level 0, as SD1.5 on a CPU): one request queued behind the
 // batch does not force pruning when level 0 keeps up with the arrivals; the queue then has
 // drain_batches of level 0's batches to empty, not drain_seconds (10 s, half a batch). A long
