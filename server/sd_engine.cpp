@@ -7,7 +7,6 @@
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
-#include "model/io/model_folder.h"
 #include "model/pruning/gate_scores.h"
 #include "model/pruning/unet_pruner.h"
 #include "model/schedulers/scheduler.h"
@@ -28,7 +27,7 @@ SdEngine::SdEngine(const std::filesystem::path& model_dir,
   gates_file_ = options.gates_file.string();
   schedules_ = pruning::step_schedules_from_metadata(scores.metadata, gates_file_);
   scheduler_config_ =
-      std::make_shared<const nlohmann::json>(io::ModelFolder::open(model_dir).scheduler_config());
+      std::make_shared<const nlohmann::json>(pipeline_->scheduler_config());
   if (!schedules_.empty()) {
     std::ostringstream budgets;
     for (const auto& s : schedules_) {

@@ -8,7 +8,6 @@
 #include <torch/torch.h>
 
 #include "cli/progress.h"
-#include "model/io/model_folder.h"
 #include "model/pipelines/image_io.h"
 #include "model/pipelines/pipeline_stable_diffusion.h"
 #include "model/pruning/gate_scores.h"
@@ -129,8 +128,7 @@ pruning::PruningSchedule budget_schedule(pipelines::StableDiffusionPipeline& pip
   const auto schedules =
       pruning::step_schedules_from_metadata(pipeline.pruner().scores().metadata, args.gates);
   const auto& schedule = pruning::find_step_schedule(schedules, budget, what.str());
-  auto sampler = schedulers::make_scheduler(params.sampler,
-                                            io::ModelFolder::open(args.model).scheduler_config());
+  auto sampler = schedulers::make_scheduler(params.sampler, pipeline.scheduler_config());
   sampler->set_timesteps(params.steps);
   const auto t = sampler->timesteps().to(torch::kDouble).contiguous();
   const std::vector<double> timesteps(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
@@ -203,9 +201,12 @@ void add_generate_command(CLI::App& app) {
   auto& gen = *args;
   gen.params.width = gen.params.height = 0;
   auto* generate = app.add_subcommand("generate", "Generate images from a text prompt");
-  generate->add_option("--model", gen.model, "Model folder in diffusers format")
+  generate
+      ->add_option("--model", gen.model,
+                   "Model folder in diffusers format, or a single-file SD1.5 checkpoint "
+                   "(.safetensors, original layout)")
       ->required()
-      ->check(CLI::ExistingDirectory);
+      ->check(CLI::ExistingPath);
   generate->add_option("--prompt", gen.params.prompt, "Text prompt")->required();
   generate->add_option("--out", gen.out, "Output PNG (FILE-0.png, FILE-1.png, ... for several)")
       ->required();

@@ -66,10 +66,7 @@ void add_renamed(Entries& entries, const std::string& key, Entry entry, const st
   }
 }
 
-// Validates every key and shape first (so a failed load leaves the module untouched), then
-// copies.
-void load_entries(torch::nn::Module& module, const Entries& entries, const std::string& source,
-                  const LoadOptions& options) {
+std::map<std::string, at::Tensor> module_tensors(torch::nn::Module& module) {
   std::map<std::string, at::Tensor> targets;
   for (const auto& item : module.named_parameters(/*recurse=*/true)) {
     targets.emplace(item.key(), item.value());
@@ -77,26 +74,42 @@ void load_entries(torch::nn::Module& module, const Entries& entries, const std::
   for (const auto& item : module.named_buffers(/*recurse=*/true)) {
     targets.emplace(item.key(), item.value());
   }
+  return targets;
+}
 
-  std::vector<std::string> missing, unexpected, mismatched;
+// `entries`: module name -> anything with `shape` and `read_into` (Entry, WeightSource).
+template <class Map>
+WeightMismatch find_mismatch(const std::map<std::string, at::Tensor>& targets, const Map& entries,
+                             const LoadOptions& options) {
+  WeightMismatch out;
   for (const auto& [name, target] : targets) {
     auto it = entries.find(name);
     if (it == entries.end()) {
-      if (!contains(options.ignored_missing, name)) missing.push_back(name);
+      if (!contains(options.ignored_missing, name)) out.missing.push_back(name);
       continue;
     }
     const auto shape = target.sizes().vec();
     if (shape != it->second.shape) {
-      mismatched.push_back(name + " (checkpoint " + shape_text(it->second.shape) + ", module " +
-                           shape_text(shape) + ")");
+      out.mismatched.push_back({name, it->second.shape, shape});
     }
   }
   for (const auto& [name, entry] : entries) {
     if (targets.count(name) == 0 && !contains(options.ignored_unexpected, name)) {
-      unexpected.push_back(name);
+      out.unexpected.push_back(name);
     }
   }
-  if (!missing.empty() || !unexpected.empty() || !mismatched.empty()) {
+  return out;
+}
+
+// Validates every key and shape first (so a failed load leaves the module untouched), then
+// copies.
+template <class Map>
+void load_entries(torch::nn::Module& module, const Map& entries, const std::string& source,
+                  const LoadOptions& options) {
+  auto targets = module_tensors(module);
+  const auto mismatch = find_mismatch(targets, entries, options);
+  if (!mismatch.empty()) {
+    const auto& [missing, unexpected, mismatched] = mismatch;
     std::ostringstream message;
     message << source << ": the weights do not match the module";
     if (!missing.empty()) {
@@ -108,8 +121,13 @@ void load_entries(torch::nn::Module& module, const Entries& entries, const std::
               << join(unexpected);
     }
     if (!mismatched.empty()) {
+      std::vector<std::string> items;
+      for (const auto& m : mismatched) {
+        items.push_back(m.name + " (checkpoint " + shape_text(m.checkpoint) + ", module " +
+                        shape_text(m.module) + ")");
+      }
       message << "; " << counted(mismatched.size(), "shape mismatch", "shape mismatches") << ": "
-              << join(mismatched);
+              << join(items);
     }
     throw WeightLoadError(message.str());
   }
@@ -212,6 +230,20 @@ OpenedWeights open_weights(const std::filesystem::path& weight_file, bool rename
 }
 
 }  // namespace
+
+bool WeightMismatch::empty() const {
+  return missing.empty() && unexpected.empty() && mismatched.empty();
+}
+
+WeightMismatch check_weight_sources(torch::nn::Module& module, const WeightSources& sources,
+                                    const LoadOptions& options) {
+  return find_mismatch(module_tensors(module), sources, options);
+}
+
+void load_weight_sources(torch::nn::Module& module, const WeightSources& sources,
+                         const std::string& source, const LoadOptions& options) {
+  load_entries(module, sources, source, options);
+}
 
 std::filesystem::path find_weight_file(const std::filesystem::path& component_dir,
                                        bool prefer_fp16) {

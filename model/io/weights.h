@@ -5,6 +5,8 @@
 // attention names, which are renamed here and nowhere else.
 
 #include <filesystem>
+#include <functional>
+#include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -67,6 +69,35 @@ TensorMap rename_legacy_vae_keys(TensorMap tensors);
 // WeightLoadError that names `source`.
 void load_state_dict(torch::nn::Module& module, const TensorMap& tensors, const std::string& source,
                      const LoadOptions& options = {});
+
+// One tensor that a module's parameter or buffer is read from: what load_component makes of a
+// weight file's tensors, and other loaders (original_checkpoint_loader.h) of theirs.
+struct WeightSource {
+  std::string key;             // as the file names it
+  std::vector<int64_t> shape;  // the shape it has once read: the module's tensor must match
+  // Copies into a tensor of `shape` (any dtype, device and strides), through a staging buffer
+  // that the loader reuses for every tensor.
+  std::function<void(at::Tensor& target, at::Tensor& staging)> read_into;
+};
+using WeightSources = std::map<std::string, WeightSource>;  // module name -> its tensor
+
+struct ShapeMismatch {
+  std::string name;  // the module's
+  std::vector<int64_t> checkpoint, module;
+};
+// What load_weight_sources would refuse, by module name.
+struct WeightMismatch {
+  std::vector<std::string> missing, unexpected;
+  std::vector<ShapeMismatch> mismatched;
+  bool empty() const;
+};
+WeightMismatch check_weight_sources(torch::nn::Module& module, const WeightSources& sources,
+                                    const LoadOptions& options = {});
+
+// As load_state_dict (strict, one error naming `source`, dtype and layout as `options` say), one
+// tensor at a time from `sources`.
+void load_weight_sources(torch::nn::Module& module, const WeightSources& sources,
+                         const std::string& source, const LoadOptions& options = {});
 
 // find_weight_file + load_weight_file + rename_legacy_vae_keys + load_state_dict, reading one
 // tensor at a time from the file(s), straight into the module's tensors, so that peak memory

@@ -159,6 +159,12 @@ const std::vector<std::string>& demo_model_configs() {
   return names;
 }
 
+ModelConfigs sd15_model_configs() {
+  const auto sizes = sd15_configs();
+  return {text_encoder_config(sizes.text_encoder), unet_config(sizes.unet), vae_config(sizes.vae),
+          scheduler_config()};
+}
+
 std::filesystem::path default_vocab_dir() {
   if (const char* dir = std::getenv("LDCP_DATA_DIR"); dir != nullptr && *dir != '\0') {
     return std::filesystem::path(dir) / "clip";

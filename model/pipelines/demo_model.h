@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 namespace ldcp::pipelines {
 
 // Names accepted by write_demo_model: "tiny" (seconds per 256x256 image on two CPU cores) and
@@ -25,6 +27,14 @@ struct DemoModelOptions {
 // (config.json + *.safetensors) into `dir`, creating it. Throws std::invalid_argument for an
 // unknown config, std::runtime_error for I/O problems (naming the file).
 void write_demo_model(const std::filesystem::path& dir, const DemoModelOptions& options = {});
+
+// Stable Diffusion 1.5's component configs: the values of its diffusers repository's
+// config.json files and scheduler_config.json (runwayml/stable-diffusion-v1-5). The "sd15" demo
+// model and single-file checkpoints (model_components.h) use them.
+struct ModelConfigs {
+  nlohmann::json text_encoder, unet, vae, scheduler;
+};
+ModelConfigs sd15_model_configs();
 
 // The folder with the shipped CLIP vocabulary.
 std::filesystem::path default_vocab_dir();

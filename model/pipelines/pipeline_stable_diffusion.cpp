@@ -9,9 +9,9 @@
 
 #include "model/clip/modeling_clip.h"
 #include "model/clip/tokenization_clip.h"
-#include "model/io/model_folder.h"
 #include "model/models/autoencoders/autoencoder_kl.h"
 #include "model/models/unets/unet_2d_condition.h"
+#include "model/pipelines/model_components.h"
 #include "model/pruning/unet_pruner.h"
 #include "model/runtime/flop_counter.h"
 #include "model/runtime/memory_meter.h"
@@ -47,7 +47,6 @@ at::Tensor rescale_noise_cfg(const at::Tensor& noise_cfg, const at::Tensor& nois
 struct StableDiffusionPipeline::Parts {
   std::filesystem::path model_dir;
   PipelineOptions options;
-  io::ModelFolder folder;
   std::unique_ptr<clip::ClipTokenizer> tokenizer;
   clip::ClipTextModel text_encoder{nullptr};
   models::UNet2DConditionModel unet{nullptr};
@@ -77,16 +76,16 @@ std::unique_ptr<StableDiffusionPipeline> StableDiffusionPipeline::load(
   auto parts = std::make_unique<Parts>();
   parts->model_dir = model_dir;
   parts->options = options;
-  parts->folder = io::ModelFolder::open(model_dir);
-  parts->tokenizer = std::make_unique<clip::ClipTokenizer>(
-      clip::ClipTokenizer::from_folder(parts->folder.tokenizer));
   io::LoadOptions load_options;
   load_options.prefer_fp16 = options.prefer_fp16_weights;
   load_options.dtype = options.dtype;  // converted while reading: no fp32 copy of a bf16 run
-  parts->text_encoder = clip::load_clip_text_model(parts->folder.text_encoder, load_options);
-  load_options.channels_last = options.channels_last;  // the convolutional networks only
-  parts->unet = models::load_unet(parts->folder.unet, load_options);
-  parts->vae = models::load_vae(parts->folder.vae, load_options);
+  auto components = load_model_components(model_dir, load_options, options.channels_last,
+                                          options.single_file_config);
+  parts->tokenizer = std::move(components.tokenizer);
+  parts->text_encoder = std::move(components.text_encoder);
+  parts->unet = std::move(components.unet);
+  parts->vae = std::move(components.vae);
+  parts->scheduler_config = std::move(components.scheduler_config);
   const int64_t scale = parts->vae->config().spatial_scale();
   if (options.vae_tile_size < 0 || options.vae_tile_size % scale != 0) {
     throw std::invalid_argument("vae_tile_size: " + std::to_string(options.vae_tile_size) +
@@ -95,7 +94,6 @@ std::unique_ptr<StableDiffusionPipeline> StableDiffusionPipeline::load(
   if (!(options.vae_tile_overlap >= 0 && options.vae_tile_overlap < 1)) {
     throw std::invalid_argument("vae_tile_overlap: must be in [0, 1)");
   }
-  parts->scheduler_config = parts->folder.scheduler_config();
   for (torch::nn::Module* module : {static_cast<torch::nn::Module*>(parts->text_encoder.get()),
                                     static_cast<torch::nn::Module*>(parts->unet.get()),
                                     static_cast<torch::nn::Module*>(parts->vae.get())}) {
@@ -141,6 +139,9 @@ int64_t StableDiffusionPipeline::unet_macs_per_sample(int64_t latent_height,
 const PipelineOptions& StableDiffusionPipeline::options() const { return parts_->options; }
 const std::filesystem::path& StableDiffusionPipeline::model_dir() const {
   return parts_->model_dir;
+}
+const nlohmann::json& StableDiffusionPipeline::scheduler_config() const {
+  return parts_->scheduler_config;
 }
 
 void StableDiffusionPipeline::validate(const GenerationParams& p) const {

@@ -16,6 +16,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
+#include <nlohmann/json.hpp>
 
 #include "model/pruning/pruning_schedule.h"
 
@@ -91,12 +92,17 @@ struct PipelineOptions {
   // and cuDNN run their convolutions without converting layouts, and the transformer blocks'
   // [B, C, H, W] <-> [B, H*W, C] reshapes are free. Same results up to float rounding.
   bool channels_last = true;
+  // When the model is a single-file checkpoint (model_components.h): a diffusers model folder
+  // whose component configs, tokenizer and scheduler config replace the built-in SD1.5 ones, as
+  // diffusers' from_single_file(config=DIR); its weights are not read. Empty: SD1.5's.
+  std::filesystem::path single_file_config;
 };
 
 class StableDiffusionPipeline {
  public:
   // Loads a diffusers-format model folder (model_index.json, text_encoder, tokenizer, unet, vae,
-  // scheduler). Throws with a message naming the offending file.
+  // scheduler), or a single-file SD1.5 checkpoint in the original layout (a .safetensors file:
+  // model_components.h). Throws with a message naming the offending file.
   static std::unique_ptr<StableDiffusionPipeline> load(const std::filesystem::path& model_dir,
                                                        const PipelineOptions& options = {});
   ~StableDiffusionPipeline();
@@ -131,6 +137,9 @@ class StableDiffusionPipeline {
   // one forward pass (cached per size); 0 until a step at that size has run.
   int64_t unet_macs_per_sample(int64_t latent_height, int64_t latent_width) const;
   const std::filesystem::path& model_dir() const;
+  // The scheduler config the samplers are made from (the folder's scheduler_config.json, or a
+  // single file's built-in one).
+  const nlohmann::json& scheduler_config() const;
 
  private:
   struct Parts;

@@ -141,6 +141,18 @@ def seeds():
             "steps.pb": request([(1, "x"), (5, 4),
                                  (10, request([(1, 2)] + [(3, 0.1 * i) for i in range(4)]))]),
         },
+        "original_checkpoint_keys": {
+            "sd15.txt": b"\x01\x03" + "\n".join([
+                "model.diffusion_model.input_blocks.3.0.op.weight",
+                "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight",
+                "model.diffusion_model.output_blocks.2.1.conv.bias",
+                "model.diffusion_model.middle_block.0.in_layers.0.weight",
+                "first_stage_model.decoder.up.3.block.0.nin_shortcut.weight",
+                "first_stage_model.encoder.mid.attn_1.proj_out.weight",
+                "cond_stage_model.transformer.text_model.embeddings.position_ids",
+                "cond_stage_model.transformer.final_layer_norm.weight",
+                "model_ema.diffusion_modelout2weight", "alphas_cumprod"]).encode(),
+        },
         "png": images("png"),
         "jpeg": images("jpeg"),
     }

@@ -160,7 +160,7 @@ TEST(OriginalCheckpoint, EmaCopyAndScheduleBuffersAreIgnored) {
 }
 
 TEST(OriginalCheckpoint, HostileNamesAreUnknown) {
-  for (const std::string key : {
+  for (const std::string& key : std::vector<std::string>{
            "model.diffusion_model.input_blocks.01.0.op.weight",  // leading zero: one spelling
            "model.diffusion_model.input_blocks.99999999999999999999.0.op.weight",
            "model.diffusion_model.input_blocks.-1.0.op.weight",
