@@ -26,8 +26,7 @@ SdEngine::SdEngine(const std::filesystem::path& model_dir,
            (options.gates_file.empty() ? std::string() : " from " + options.gates_file.string()));
   gates_file_ = options.gates_file.string();
   schedules_ = pruning::step_schedules_from_metadata(scores.metadata, gates_file_);
-  scheduler_config_ =
-      std::make_shared<const nlohmann::json>(pipeline_->scheduler_config());
+  scheduler_config_ = std::make_shared<const nlohmann::json>(pipeline_->scheduler_config());
   if (!schedules_.empty()) {
     std::ostringstream budgets;
     for (const auto& s : schedules_) {
