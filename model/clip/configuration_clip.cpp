@@ -62,6 +62,32 @@ ClipTextConfig ClipTextConfig::from_json(const nlohmann::json& json) {
   positive("num_hidden_layers", c.num_hidden_layers);
   positive("num_attention_heads", c.num_attention_heads);
   positive("max_position_embeddings", c.max_position_embeddings);
+  // The caps (configuration_clip.h), before anything is built from these sizes.
+  auto at_most = [](const char* key, int64_t value, int64_t cap) {
+    if (value > cap) {
+      throw io::ConfigError("config key \"" + std::string(key) + "\" = " + std::to_string(value) +
+                            " exceeds " + std::to_string(cap));
+    }
+  };
+  at_most("vocab_size", c.vocab_size, kMaxClipVocab);
+  at_most("hidden_size", c.hidden_size, kMaxClipWidth);
+  at_most("intermediate_size", c.intermediate_size, kMaxClipIntermediate);
+  at_most("projection_dim", c.projection_dim, kMaxClipWidth);
+  at_most("num_hidden_layers", c.num_hidden_layers, kMaxClipLayers);
+  at_most("max_position_embeddings", c.max_position_embeddings, kMaxClipPositions);
+  // Each cap alone still allows 10^11 weights together; count them (the sizes are capped, so
+  // the products fit in int64_t).
+  const int64_t h = c.hidden_size, inner = c.intermediate_size;
+  const int64_t layer =
+      4 * (h * h + h) + 2 * h * inner + inner + h + 4 * h;  // attention, MLP, norms
+  const int64_t weights =
+      (c.vocab_size + c.max_position_embeddings) * h + c.num_hidden_layers * layer + 2 * h;
+  if (weights > kMaxClipParameters) {
+    throw io::ConfigError(
+        "config keys \"vocab_size\", \"hidden_size\", \"intermediate_size\", "
+        "\"num_hidden_layers\" and \"max_position_embeddings\" describe " +
+        std::to_string(weights) + " weights, more than " + std::to_string(kMaxClipParameters));
+  }
   if (c.hidden_size % c.num_attention_heads != 0) {
     throw io::ConfigError("config key \"hidden_size\" (" + std::to_string(c.hidden_size) +
                           ") is not a multiple of \"num_attention_heads\" (" +

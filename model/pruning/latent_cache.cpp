@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
+#include "model/io/json_file.h"
 #include "model/io/safetensors.h"
 #include "model/models/autoencoders/autoencoder_kl.h"
 #include "model/pruning/image_dataset.h"
@@ -20,6 +21,9 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kCacheVersion = "ldcp-latents-1";
+// A manifest's shard size beyond this is not one this code wrote (a shard of 2^20 images at
+// 64x64 latents is 32 GiB).
+constexpr int64_t kMaxShardSize = int64_t{1} << 20;
 
 // FNV-1a, 64 bit: short, stable across runs and platforms.
 struct Fnv {
@@ -58,9 +62,10 @@ struct Shard {
   std::vector<std::string> errors;  // per image: "" or why it did not decode
 };
 
-// A shard file belongs to this entry and covers [first, first + count).
+// A shard file belongs to this entry, covers [first, first + count) and holds latents of
+// `latent_shape` ([C, h, w]) each.
 bool read_shard(const fs::path& path, const std::string& key, int64_t first, int64_t count,
-                Shard& shard) {
+                const std::vector<int64_t>& latent_shape, Shard& shard) {
   std::error_code ec;
   if (!fs::is_regular_file(path, ec)) return false;
   try {
@@ -74,7 +79,16 @@ bool read_shard(const fs::path& path, const std::string& key, int64_t first, int
     shard.mean = tensors["mean"];
     shard.std = tensors["std"];
     shard.valid = tensors["valid"];
-    shard.errors = nlohmann::json::parse(metadata["errors"]).get<std::vector<std::string>>();
+    std::vector<int64_t> shape{count};
+    shape.insert(shape.end(), latent_shape.begin(), latent_shape.end());
+    if (shard.mean.sizes() != shape || shard.std.sizes() != shape ||
+        shard.mean.scalar_type() != torch::kHalf || shard.std.scalar_type() != torch::kHalf ||
+        shard.valid.scalar_type() != torch::kUInt8 || shard.valid.dim() != 1) {
+      return false;  // not what encode_shard writes: the rows would not line up
+    }
+    // Bounded (nesting, integers; json_file.h) like every file read: a shard is untrusted too.
+    shard.errors = io::json_to<std::vector<std::string>>(
+        io::parse_json_text(metadata["errors"], path.string() + " metadata"), "errors");
     return static_cast<int64_t>(shard.errors.size()) == count;
   } catch (const std::exception&) {
     return false;  // a damaged shard is encoded again
@@ -165,6 +179,27 @@ void write_manifest(const fs::path& entry, const fs::path& data_dir,
   fs::rename(partial, path);
 }
 
+// The shard size an existing entry was written with. The manifest is read like a model's config
+// (bounded nesting, typed keys: json_file.h); one that does not parse or holds a bad value stops
+// the run with the file and key named, rather than being silently replaced.
+int64_t manifest_shard_size(const fs::path& path, const fs::path& entry) {
+  const auto fix = "; remove " + entry.string() + " to encode the images again";
+  try {
+    const auto manifest = io::read_json_file(path);
+    if (!manifest.is_object()) throw io::ConfigError(path.string() + ": not a JSON object");
+    const auto size = io::get_required<int64_t>(manifest, "shard_size");
+    if (size <= 0 || size > kMaxShardSize) {
+      throw io::ConfigError("config key \"shard_size\" = " + std::to_string(size) +
+                            " is not in [1, " + std::to_string(kMaxShardSize) + "]");
+    }
+    return size;
+  } catch (const io::ConfigError& e) {
+    const std::string what = e.what();
+    // read_json_file's own errors name the file already.
+    throw DataError((what.rfind(path.string(), 0) == 0 ? what : path.string() + ": " + what) + fix);
+  }
+}
+
 }  // namespace
 
 std::string vae_fingerprint(models::AutoencoderKLImpl& vae) {
@@ -225,16 +260,12 @@ LatentSet build_latent_cache(const fs::path& data_dir, models::AutoencoderKLImpl
   // The manifest fixes the entry's shard size, so a later run with other options reuses it.
   int64_t shard_size = options.shard_size;
   const auto manifest_path = set.entry_dir / "manifest.json";
-  try {
-    std::ifstream in(manifest_path);
-    if (in) shard_size = nlohmann::json::parse(in).at("shard_size").get<int64_t>();
-  } catch (const std::exception&) {
-    shard_size = options.shard_size;
-  }
-  if (shard_size <= 0) shard_size = options.shard_size;
+  if (fs::exists(manifest_path, ec)) shard_size = manifest_shard_size(manifest_path, set.entry_dir);
   write_manifest(set.entry_dir, data_dir, images, options.resolution, fingerprint, shard_size);
 
   const auto total = static_cast<int64_t>(images.size());
+  const int64_t side = options.resolution / scale;
+  const std::vector<int64_t> latent_shape{vae.config().latent_channels, side, side};
   int64_t done = 0;
   auto advance = [&](int64_t n) {
     done += n;
@@ -245,7 +276,7 @@ LatentSet build_latent_cache(const fs::path& data_dir, models::AutoencoderKLImpl
     const int64_t count = std::min(shard_size, total - first);
     const auto path = set.entry_dir / shard_name(index);
     Shard shard;
-    if (read_shard(path, set.key, first, count, shard)) {
+    if (read_shard(path, set.key, first, count, latent_shape, shard)) {
       set.reused += count;
       advance(count);
     } else {

@@ -1,5 +1,7 @@
 #include "model/models/autoencoders/autoencoder_kl_config.h"
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "model/io/json_file.h"
@@ -87,6 +89,37 @@ AutoencoderKLConfig AutoencoderKLConfig::from_json(const nlohmann::json& json) {
     throw ConfigError(
         "config keys \"in_channels\", \"out_channels\", \"latent_channels\" and "
         "\"layers_per_block\" must be positive");
+  }
+  // The caps (autoencoder_kl_config.h), before anything is built from these sizes.
+  auto at_most = [](const char* key, int64_t value, int64_t cap) {
+    if (value > cap) {
+      throw ConfigError("config key \"" + std::string(key) + "\" = " + std::to_string(value) +
+                        " exceeds " + std::to_string(cap));
+    }
+  };
+  at_most("in_channels", c.in_channels, kMaxVaeWidth);
+  at_most("out_channels", c.out_channels, kMaxVaeWidth);
+  at_most("latent_channels", c.latent_channels, kMaxVaeWidth);
+  at_most("layers_per_block", c.layers_per_block, kMaxVaeLayers);
+  for (auto width : c.block_out_channels) at_most("block_out_channels", width, kMaxVaeWidth);
+  // The weights, counted from above (the caps keep every product within int64_t): per block,
+  // the encoder's and the decoder's resnets (3x3, 3x3 and a 1x1 shortcut) and resamplers at the
+  // wider of its and the previous width; the two mid blocks; the convolutions in and out.
+  const int64_t layers = c.layers_per_block;
+  int64_t weights = 0, previous = c.block_out_channels.front();
+  for (auto width : c.block_out_channels) {
+    const int64_t w = std::max(width, previous);
+    weights += (2 * layers + 3) * 19 * w * w;
+    previous = width;
+  }
+  const int64_t last = c.block_out_channels.back();
+  weights += 2 * (2 * 19 + 4) * last * last;
+  weights += 9 * (c.in_channels + c.out_channels + 4 * c.latent_channels) *
+             (c.block_out_channels.front() + last);
+  if (weights > kMaxVaeParameters) {
+    throw ConfigError("config keys \"block_out_channels\" and \"layers_per_block\" describe " +
+                      std::to_string(weights) + " weights, more than " +
+                      std::to_string(kMaxVaeParameters));
   }
   return c;
 }

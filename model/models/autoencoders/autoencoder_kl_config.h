@@ -13,8 +13,13 @@
 
 namespace ldcp::models {
 
-// More down blocks than any VAE has (SD's has 4); from_json refuses more.
-inline constexpr size_t kMaxVaeBlocks = 16;
+// Caps on config.json's sizes, checked before the model is built: far above every VAE (SD1.5's and
+// SDXL's: 4 blocks up to 512 channels, 2 layers per block, 4 latent channels; SD3's 16), and low
+// enough that a hostile config cannot make the loader allocate without bound.
+inline constexpr size_t kMaxVaeBlocks = 16;                     // block_out_channels entries
+inline constexpr int64_t kMaxVaeWidth = 4096;                   // each channel count
+inline constexpr int64_t kMaxVaeLayers = 32;                    // layers_per_block
+inline constexpr int64_t kMaxVaeParameters = int64_t{1} << 32;  // all weights together (SD's: 8e7)
 
 // AutoencoderKL's config.json; defaults are diffusers' constructor defaults.
 struct AutoencoderKLConfig {
@@ -40,7 +45,9 @@ struct AutoencoderKLConfig {
 
   // Reads config.json's fields (absent or null: the default). Throws ldcp::io::ConfigError
   // naming the key for a wrong type or an unsupported value (block type, activation, widths
-  // not divisible by norm_num_groups, list lengths that disagree).
+  // not divisible by norm_num_groups, list lengths that disagree, sizes beyond the caps:
+  // in_channels, out_channels, latent_channels and block_out_channels' entries at most
+  // kMaxVaeWidth, layers_per_block at most kMaxVaeLayers, at most kMaxVaeParameters weights).
   static AutoencoderKLConfig from_json(const nlohmann::json& config);
 
   // 2^(number of blocks - 1): image pixels per latent pixel (8 for SD1.5).

@@ -14,16 +14,22 @@
 
 namespace ldcp::models {
 
-// The largest channel count, head count, layer count or kernel a config may give (SD1.5's widest is
-// 1280): bounds what a hostile config.json can make the model allocate or overflow.
-inline constexpr int64_t kMaxUNetWidth = int64_t{1} << 16;
+// Caps on config.json's sizes, checked before the model is built: far above SD1.5's and SDXL's
+// U-Nets (widest 1280, cross_attention_dim 2048, 10 transformer layers, 3x3 kernels, 4 blocks,
+// 2.6e9 weights), and low enough that a hostile config cannot make the loader allocate without
+// bound or overflow the sizes derived from them.
+inline constexpr int64_t kMaxUNetWidth = int64_t{1} << 16;  // channel and head counts
+inline constexpr int64_t kMaxUNetLayers = 64;  // layers_per_block, transformer_layers_per_block
+inline constexpr int64_t kMaxUNetKernel = 31;  // conv_in_kernel, conv_out_kernel
+inline constexpr size_t kMaxUNetBlocks = 16;   // down_block_types entries
+inline constexpr int64_t kMaxUNetParameters = int64_t{1} << 33;  // all weights, estimated
 
 // unet/config.json. Defaults are diffusers' (UNet2DConditionModel.__init__). Per-block settings
 // hold either one value for every block (config.json's scalar form) or one per down block, in
 // down-block order; per_block() resolves them.
 struct UNet2DConditionConfig {
-  // Parses config.json; throws io::ConfigError naming the key for a malformed value or a
-  // feature this implementation does not support.
+  // Parses config.json; throws io::ConfigError naming the key for a malformed value, a size
+  // beyond the caps above (kMaxUNet*) or a feature this implementation does not support.
   static UNet2DConditionConfig from_json(const nlohmann::json& config);
 
   std::optional<std::pair<int64_t, int64_t>> sample_size;  // (height, width) in latent cells
