@@ -6,8 +6,11 @@
 #   docker build -t ldcp-serve:cuda \
 #     --build-arg LIBTORCH_URL=https://download.pytorch.org/libtorch/cu130/libtorch-...zip .
 #
-#   docker run --gpus all -p 50051:50051 -p 9464:9464 \
+#   docker run --gpus all --restart on-failure -p 50051:50051 -p 9464:9464 \
 #     -v ~/models/stable-diffusion-v1-5:/models/model:ro ldcp-serve:cuda
+#
+# --restart on-failure: the server exits 75 when gRPC stops accepting connections (README,
+# Security: gRPC's listener watchdog) and expects to be started again, as Kubernetes does.
 #
 # The build stage runs the README's commands: scripts/setup.sh (Debian packages and .venv with
 # the torch wheel, which is where libtorch comes from) and scripts/build.sh (CMake + Ninja), or,

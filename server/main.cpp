@@ -4,7 +4,8 @@
 // Optionally TLS or mutual TLS, bearer tokens per client and a plaintext health-only listener
 // (README, Security).
 // SIGTERM/SIGINT: health turns NOT_SERVING, new requests get UNAVAILABLE, running and queued ones
-// get --grace-period seconds to finish, then the process exits 0.
+// get --grace-period seconds to finish, then the process exits 0. A gRPC listener that stops
+// accepting (grpc_listener_watch.h) drains the same way and exits 75, for a supervisor to restart.
 
 #include <algorithm>
 #include <climits>
@@ -23,6 +24,7 @@
 
 #include <CLI/CLI.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 
 #include "model/runtime/dtype.h"
@@ -31,6 +33,7 @@
 #include "server/config.h"
 #include "server/cost_model.h"
 #include "server/credentials.h"
+#include "server/grpc_listener_watch.h"
 #include "server/host_memory.h"
 #include "server/logging.h"
 #include "server/memory_budget.h"
@@ -226,9 +229,12 @@ int serve(const ServerConfig& c) {
 
   boost::asio::io_context io;
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
-  signals.async_wait([&](const boost::system::error_code& ec, int signo) {
-    if (ec) return;
-    log_info(strf("signal %d: draining (grace period %g s)", signo, c.grace_period_s));
+  int exit_status = 0;
+  bool draining = false;
+  const auto drain = [&](const std::string& why) {
+    if (draining) return;
+    draining = true;
+    log_info(strf("%s: draining (grace period %g s)", why.c_str(), c.grace_period_s));
     health->SetServingStatus(false);
     if (health_only) health_only->set_serving(false);
     scheduler.drain();
@@ -241,17 +247,34 @@ int serve(const ServerConfig& c) {
       scheduler.wait_idle(std::chrono::seconds(10));
     }
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    signals.cancel();  // io.run() returns
+  };
+  signals.async_wait([&](const boost::system::error_code& ec, int signo) {
+    if (!ec) drain(strf("signal %d", signo));
   });
+  // gRPC logs a dead listener from its own thread, holding its locks: the drain runs here.
+  watch_grpc_listeners([&](const std::string& message) {
+    boost::asio::post(io, [&, message] {
+      if (draining) return;
+      log_error("gRPC stopped accepting connections (" + message + "); exiting with status " +
+                std::to_string(kListenerStoppedExit) + " for the supervisor to restart the server");
+      exit_status = kListenerStoppedExit;
+      drain("listener stopped");
+    });
+  });
+  struct StopWatching {  // the hook refers to io: gone before it is
+    ~StopWatching() { watch_grpc_listeners({}); }
+  } stop_watching;
   io.run();
   // A repeated SIGTERM (an impatient supervisor) must not kill the process while it tears down
-  // after a clean drain: the exit status stays 0.
+  // after a drain: the exit status stays the drain's.
   signals.clear();
   std::signal(SIGINT, SIG_IGN);
   std::signal(SIGTERM, SIG_IGN);
   server->Wait();
   if (health_only) health_only->shutdown();
   log_info("stopped");
-  return 0;
+  return exit_status;
 }
 
 }  // namespace
