@@ -80,6 +80,7 @@ COPY tools tools
 COPY proto proto
 COPY server server
 COPY client client
+COPY cli cli
 COPY tests tests
 COPY data data
 RUN if [ -n "${LIBTORCH_URL}" ]; then export Torch_DIR=/opt/libtorch/share/cmake/Torch; fi \
@@ -131,6 +132,7 @@ ENV PATH=/opt/ldcp/bin:${PATH} \
     LDCP_MODEL=/models/model \
     LDCP_LISTEN=0.0.0.0:50051 \
     LDCP_METRICS_LISTEN=0.0.0.0:9464 \
+    LDCP_HEALTH_LISTEN=127.0.0.1:8081 \
     LDCP_TARGET=127.0.0.1:50051 \
     LDCP_LOG_FORMAT=json \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
@@ -144,9 +146,14 @@ WORKDIR /home/ldcp
 USER 10001:10001
 EXPOSE 50051 9464
 
-# grpc.health.v1 Check on the local gRPC port (LDCP_TARGET): exit 0 when SERVING. Start-up loads
-# the model and calibrates the memory cost model first, hence the long start period.
+# grpc.health.v1 Check on the plaintext health-only listener (LDCP_HEALTH_LISTEN, on loopback:
+# nothing outside the container reaches it), so that it works whether the gRPC port speaks TLS
+# or not; the client's TLS and token variables are unset, as the server's LDCP_TLS_CERT and
+# LDCP_TLS_KEY would otherwise make it a TLS client too. Exit 0 when SERVING. Start-up loads the
+# model and calibrates the memory cost model first, hence the long start period.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=10m --retries=3 \
-  CMD ["ldcp-client", "health", "--timeout", "5"]
+  CMD ["env", "-u", "LDCP_TLS", "-u", "LDCP_TLS_CA", "-u", "LDCP_TLS_CERT", "-u", "LDCP_TLS_KEY", \
+       "-u", "LDCP_TLS_SERVER_NAME", "-u", "LDCP_TOKEN", "-u", "LDCP_TOKEN_FILE", \
+       "ldcp-client", "health", "--target", "127.0.0.1:8081", "--timeout", "5"]
 
 ENTRYPOINT ["ldcp-server"]

@@ -395,3 +395,13 @@ def drive_load(target, pb, pb_grpc, duration, concurrency, stream_every=5, inval
 
 def workdir(prefix):
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def terminate(proc, timeout=60):
+    """SIGTERM, then SIGKILL after `timeout` seconds: a server started by a test stops."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -1,14 +1,21 @@
 """The Dockerfile, checked without a Docker engine: every file it copies exists and is in the
 build context (.dockerignore), the context holds no weights, its build commands are the README's,
 hadolint passes, the runtime stage installs every Debian library the built binaries load, and
-its ports, health check, user and environment agree with the server and client.
+its ports, health check, user and environment agree with the server and client, and its health
+check, run as Docker runs it, passes against a server started with the image's environment and
+TLS on.
 
-Run by CTest (deploy_dockerfile); needs the built ldcp-server, ldcp-client and ldcp (ldd)."""
+Run by CTest (deploy_dockerfile); needs the built ldcp-server, ldcp-client and ldcp (ldd), and
+openssl."""
 
+import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
+import tempfile
+import time
 import unittest
 from pathlib import Path
 
@@ -81,6 +88,22 @@ def env_of(stage):
 
 def runs(stage):
     return [rest for i, word, rest in instructions() if word == "RUN" and i == stage]
+
+
+def healthcheck_argv():
+    hc = next(rest for i, w, rest in instructions() if w == "HEALTHCHECK")
+    return json.loads(re.search(r"CMD (\[.*\])", hc).group(1))
+
+
+def split_env(argv):
+    """(variables `env -u` removes, the command it runs) of an `env -u NAME ... CMD` argv."""
+    unset, i = set(), 0
+    if argv and argv[0] == "env":
+        i = 1
+        while i < len(argv) and argv[i] == "-u":
+            unset.add(argv[i + 1])
+            i += 2
+    return unset, argv[i:]
 
 
 # .dockerignore, as Docker reads it: the last pattern that matches a path or one of its parent
@@ -341,16 +364,25 @@ class Runtime(unittest.TestCase):
         listen, metrics = env["LDCP_LISTEN"], env["LDCP_METRICS_LISTEN"]
         self.assertTrue(listen.startswith("0.0.0.0:") and metrics.startswith("0.0.0.0:"))
         self.assertEqual(exposed, {dl.port_of(listen), dl.port_of(metrics)})
-        # The health check asks the local gRPC port through ldcp-client's LDCP_TARGET.
+        # ldcp-client in the container reaches the gRPC port through LDCP_TARGET.
         self.assertEqual(env["LDCP_TARGET"], f"127.0.0.1:{dl.port_of(listen)}")
         hc = next(rest for i, w, rest in instructions() if w == "HEALTHCHECK")
-        cmd = re.search(r"CMD (\[.*\])", hc).group(1)
-        import json
-        argv = json.loads(cmd)
-        self.assertEqual(argv[:2], ["ldcp-client", "health"])
+        unset, client = split_env(healthcheck_argv())
+        self.assertEqual(client[:2], ["ldcp-client", "health"])
+        # The health check asks the plaintext health-only listener, on loopback and not exposed
+        # (the gRPC port may speak TLS only) ...
+        target = client[client.index("--target") + 1]
+        self.assertEqual(target, env["LDCP_HEALTH_LISTEN"])
+        self.assertTrue(target.startswith("127.0.0.1:"), target)
+        self.assertNotIn(dl.port_of(target), exposed)
+        # ... with every variable that could make the client use TLS or send a token unset (the
+        # server's LDCP_TLS_CERT and LDCP_TLS_KEY are the client's --tls-cert and --tls-key too).
         client_help = subprocess.run([dl.lib.tool("ldcp-client"), "health", "--help"],
                                      capture_output=True, text=True).stdout
         self.assertIn("LDCP_TARGET", client_help)
+        read = set(re.findall(r"\bLDCP_[A-Z_]+", client_help)) - {"LDCP_TARGET"}
+        self.assertTrue({"LDCP_TLS", "LDCP_TLS_CERT", "LDCP_TLS_KEY", "LDCP_TOKEN"} <= read, read)
+        self.assertEqual(read - unset, set(), "read by the health check's client")
         start = re.search(r"--start-period=(\d+)m", hc)
         self.assertTrue(start and int(start.group(1)) >= 5, "start period too short for loading")
         # Every LDCP_* variable is an option of the server (or the client's target, or the demo
@@ -384,6 +416,52 @@ class Runtime(unittest.TestCase):
             if w == "RUN":
                 for m in re.finditer(r"[^&;]*/models\b[^&;]*", r):
                     self.assertRegex(m.group(0).strip(), r"^install -d -o \w+ -g \w+ /models$")
+
+
+class LiveHealthCheck(unittest.TestCase):
+    def test_health_check_passes_with_tls_on(self):
+        """The HEALTHCHECK's argv with the image's environment (its loopback health address on a
+        free port), against ldcp-server started with that environment and TLS on --listen."""
+        image_env = env_of(stage_index("runtime"))
+        work = Path(tempfile.mkdtemp(prefix="ldcp-deploy-healthcheck-"))
+        self.addCleanup(shutil.rmtree, work, ignore_errors=True)
+        grpc_target = f"127.0.0.1:{dl.lib.free_port()}"
+        health = f"127.0.0.1:{dl.lib.free_port()}"
+        bins = sorted({str(Path(dl.lib.tool(n)).parent) for n in ("ldcp-server", "ldcp-client")})
+        env = dict(image_env, PATH=os.pathsep.join(bins + ["/usr/bin", "/bin"]), HOME=str(work),
+                   LDCP_DATA_DIR=str(ROOT / "data"), LDCP_MODEL=str(dl.lib.demo_model(work)),
+                   LDCP_DEVICE="cpu", LDCP_DTYPE="fp32", LDCP_FP16_WEIGHTS="false",
+                   LDCP_MEMORY_BUDGET="8GiB", LDCP_DEFAULT_SIZE="64",
+                   LDCP_CALIBRATE_SIZES="64x64", LDCP_CALIBRATE_LEVELS="0",
+                   LDCP_CALIBRATE_STEPS="1", LDCP_MAX_BATCH="1", LDCP_LISTEN=grpc_target,
+                   LDCP_METRICS_LISTEN="127.0.0.1:0", LDCP_HEALTH_LISTEN=health,
+                   LDCP_TARGET=grpc_target, LDCP_LOG_FORMAT="text", OMP_NUM_THREADS="1")
+        env.update(dl.secret_stand_ins({"LDCP_TLS_CERT": 1, "LDCP_TLS_KEY": 1}, work))
+        argv = [health if a == image_env["LDCP_HEALTH_LISTEN"] else a
+                for a in healthcheck_argv()]
+        log_path = work / "server.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([dl.lib.tool("ldcp-server")], env=env, stdout=log,
+                                    stderr=subprocess.STDOUT)
+        try:
+            def check(cmd):
+                return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+
+            deadline = time.time() + 300
+            r = check(argv)
+            while r.returncode != 0 and time.time() < deadline and proc.poll() is None:
+                time.sleep(0.5)
+                r = check(argv)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr + log_path.read_text())
+            self.assertIn("SERVING", r.stdout)
+            self.assertIn("transport: TLS", log_path.read_text())
+            # What it replaced, the check on LDCP_TARGET, fails against the TLS port; and
+            # without `env -u`, the client takes the server's certificate for its own and speaks
+            # TLS to the plaintext listener.
+            self.assertNotEqual(check(["ldcp-client", "health", "--timeout", "5"]).returncode, 0)
+            self.assertNotEqual(check(split_env(argv)[1]).returncode, 0)
+        finally:
+            dl.terminate(proc)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,13 @@ check config; the Grafana dashboard's structure; then, against a live ldcp-serve
 model that has served a mixed load, and a real Prometheus scraping it with
 monitoring/prometheus/prometheus.yml: every metric name in the dashboard, the rules and
 prometheus-adapter's rules is in the /metrics scrape, every dashboard query and recording rule
-returns data, every rule evaluates without error, and the Dockerfile's HEALTHCHECK command says
-SERVING.
+returns data, and every rule evaluates without error. (The Dockerfile's HEALTHCHECK is run live
+by dockerfile_test.py, on a server with TLS on.)
 
 Run by CTest (deploy_monitoring); needs the built binaries and Debian's prometheus."""
 
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -196,14 +195,6 @@ class Live(unittest.TestCase):
                 self.assertEqual(result[0]["metric"],
                                  {"instance": f"127.0.0.1:{self.server.metrics_port}"})
                 self.assertFalse(math.isnan(float(result[0]["value"][1])), q)
-
-    def test_docker_healthcheck_command(self):
-        text = (dl.SOURCE_DIR / "Dockerfile").read_text()
-        argv = json.loads(re.search(r"HEALTHCHECK .*?CMD (\[.*?\])", text, re.S).group(1))
-        env = dict(os.environ, LDCP_TARGET=self.server.target)
-        argv[0] = dl.lib.tool(argv[0])
-        r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
-        self.assertEqual((r.returncode, r.stdout.strip()), (0, "SERVING"), r.stderr)
 
 
 if __name__ == "__main__":

@@ -167,12 +167,7 @@ class LiveProbes(unittest.TestCase):
             self.assertIn("mutual TLS", text)
             self.assertIn("reflection off", text)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            dl.terminate(proc)
             log.close()
             shutil.rmtree(work, ignore_errors=True)
 
