@@ -11,7 +11,9 @@ namespace ldcp::server {
 
 void add_options(CLI::App& app, ServerConfig& c) {
   auto env = [](const char* name) { return std::string("LDCP_") + name; };
-  app.add_option("--model", c.model_dir, "Diffusers-format model folder (required)")
+  app.add_option("--model", c.model_dir,
+                 "Diffusers-format model folder, or a single-file SD1.5 checkpoint "
+                 "(.safetensors, original layout) (required)")
       ->envname(env("MODEL"))
       ->required();
   app.add_option("--gates", c.gates_file, "Pruning gates file (learned channel gates)")
@@ -259,8 +261,24 @@ void add_options(CLI::App& app, ServerConfig& c) {
       ->capture_default_str();
   app.add_option("--metrics-basic-auth-file", c.metrics_basic_auth_file,
                  "Require HTTP basic authentication on /metrics: a file of user:sha256:HEX lines, "
-                 "HEX the SHA-256 of the password. Default: none")
+                 "HEX the SHA-256 of the password (re-read when it changes). Default: none")
       ->envname(env("METRICS_BASIC_AUTH_FILE"));
+  app.add_option("--metrics-tls-cert", c.metrics_tls_cert,
+                 "PEM certificate chain for HTTPS on --metrics-listen (with --metrics-tls-key; "
+                 "re-read when the file changes). Default: plain HTTP")
+      ->envname(env("METRICS_TLS_CERT"));
+  app.add_option("--metrics-tls-key", c.metrics_tls_key, "PEM private key of --metrics-tls-cert")
+      ->envname(env("METRICS_TLS_KEY"));
+  app.add_option("--metrics-gzip", c.metrics_gzip,
+                 "gzip /metrics for scrapers that send Accept-Encoding: gzip")
+      ->envname(env("METRICS_GZIP"))
+      ->capture_default_str();
+  app.add_option("--metrics-refresh", c.metrics_refresh_s,
+                 "Seconds between checks of --metrics-basic-auth-file, --metrics-tls-cert and "
+                 "--metrics-tls-key for changes (0: read at start-up only)")
+      ->envname(env("METRICS_REFRESH"))
+      ->check(CLI::Range(0.0, 86400.0))
+      ->capture_default_str();
 
   app.add_option("--grace-period", c.grace_period_s,
                  "Seconds running requests get to finish after SIGTERM/SIGINT")

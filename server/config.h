@@ -74,6 +74,9 @@ struct ServerConfig {
   double metrics_timeout_s = 10;
   int64_t metrics_max_header_bytes = 8192;
   std::string metrics_basic_auth_file;  // user:sha256:HEX lines; empty: no authentication
+  std::string metrics_tls_cert, metrics_tls_key;  // empty: plaintext HTTP
+  bool metrics_gzip = true;                       // gzip for clients that accept it
+  double metrics_refresh_s = 10;  // re-read the basic-auth and TLS files this often; 0: never
 
   // Security (server/credentials.h, server/auth.h).
   std::string tls_cert, tls_key, tls_client_ca;  // empty: plaintext gRPC

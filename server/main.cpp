@@ -126,6 +126,11 @@ int serve(const ServerConfig& c) {
       std::chrono::milliseconds(static_cast<int64_t>(std::ceil(c.metrics_timeout_s * 1000)));
   metrics_options.max_header_bytes = c.metrics_max_header_bytes;
   metrics_options.basic_auth_file = c.metrics_basic_auth_file;
+  metrics_options.tls_cert = c.metrics_tls_cert;
+  metrics_options.tls_key = c.metrics_tls_key;
+  metrics_options.gzip = c.metrics_gzip;
+  metrics_options.refresh =
+      std::chrono::milliseconds(static_cast<int64_t>(std::ceil(c.metrics_refresh_s * 1000)));
   MetricsHttpServer metrics_http(c.metrics_listen, metrics.registry(), metrics_options);
 
   log_info("loading " + c.model_dir + " on " + c.device + " (" + dtype.name + ", " + dtype.reason +

@@ -1,121 +1,32 @@
 #include "server/metrics_http.h"
 
 #include <cerrno>
-#include <fstream>
 #include <map>
 #include <optional>
 #include <stdexcept>
+#include <utility>
+#include <vector>
 
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <prometheus/text_serializer.h>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 
+#include "server/http_gzip.h"
 #include "server/logging.h"
+#include "server/metrics_basic_auth.h"
+#include "server/metrics_tls.h"
+#include "server/watched_files.h"
 
 namespace ldcp::server {
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
+namespace ssl = asio::ssl;
 using asio::ip::tcp;
-
-struct BasicAuthUsers {
-  std::map<std::string, std::string> digests;  // user -> 32 raw bytes
-};
-
-namespace {
-
-std::string sha256(const std::string& data) {
-  unsigned char out[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  if (EVP_Digest(data.data(), data.size(), out, &n, EVP_sha256(), nullptr) != 1) {
-    throw std::runtime_error("SHA-256 failed");
-  }
-  return std::string(reinterpret_cast<char*>(out), n);
-}
-
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-// RFC 4648 base64 (padding optional); false on any other character.
-bool base64_decode(const std::string& in, std::string& out) {
-  static const std::string kAlphabet =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  out.clear();
-  uint32_t acc = 0;
-  int bits = 0;
-  size_t i = 0;
-  for (; i < in.size() && in[i] != '='; ++i) {
-    const auto v = kAlphabet.find(in[i]);
-    if (v == std::string::npos) return false;
-    acc = (acc << 6) | static_cast<uint32_t>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out += static_cast<char>((acc >> bits) & 0xFF);
-    }
-  }
-  for (; i < in.size(); ++i) {
-    if (in[i] != '=') return false;
-  }
-  return true;
-}
-
-}  // namespace
-
-std::shared_ptr<const BasicAuthUsers> read_basic_auth_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error("--metrics-basic-auth-file: cannot read " + path);
-  auto users = std::make_shared<BasicAuthUsers>();
-  std::string line;
-  for (int number = 1; std::getline(in, line); ++number) {
-    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
-    if (line.empty() || line[0] == '#') continue;
-    const auto a = line.find(':');
-    const auto b = a == std::string::npos ? a : line.find(':', a + 1);
-    std::string digest;
-    const std::string hex = b == std::string::npos ? "" : line.substr(b + 1);
-    for (size_t i = 0; hex.size() == 64 && i < 64; i += 2) {
-      const int hi = hex_value(hex[i]), lo = hex_value(hex[i + 1]);
-      if (hi < 0 || lo < 0) break;
-      digest += static_cast<char>(hi * 16 + lo);
-    }
-    if (a == 0 || b == std::string::npos || line.substr(a + 1, b - a - 1) != "sha256" ||
-        digest.size() != 32) {
-      throw std::runtime_error("--metrics-basic-auth-file: " + path + " line " +
-                               std::to_string(number) +
-                               ": expected user:sha256:<64 hex digits of the password's SHA-256>");
-    }
-    users->digests[line.substr(0, a)] = digest;
-  }
-  if (users->digests.empty()) {
-    throw std::runtime_error("--metrics-basic-auth-file: " + path + " names no user");
-  }
-  return users;
-}
-
-bool basic_auth_ok(const BasicAuthUsers& users, const std::string& authorization) {
-  static const std::string kScheme = "Basic ";
-  if (authorization.size() <= kScheme.size() || authorization.size() > 1024) return false;
-  if (!beast::iequals(authorization.substr(0, kScheme.size()), kScheme)) return false;
-  std::string decoded;
-  if (!base64_decode(authorization.substr(kScheme.size()), decoded)) return false;
-  const auto colon = decoded.find(':');
-  if (colon == std::string::npos) return false;
-  const auto it = users.digests.find(decoded.substr(0, colon));
-  // The digest is compared in constant time; an unknown user still pays for one hash.
-  const std::string digest = sha256(decoded.substr(colon + 1));
-  if (it == users.digests.end()) return false;
-  return CRYPTO_memcmp(digest.data(), it->second.data(), digest.size()) == 0;
-}
 
 struct MetricsHttpServer::Impl : std::enable_shared_from_this<Impl> {
   class Session;
@@ -124,9 +35,14 @@ struct MetricsHttpServer::Impl : std::enable_shared_from_this<Impl> {
   asio::io_context io;
   tcp::acceptor acceptor{io};
   asio::steady_timer backoff{io};
+  asio::steady_timer refresh_timer{io};
   std::shared_ptr<prometheus::Registry> registry;
   MetricsHttpOptions options;
+  // Read and replaced on the io thread only (refresh()); a session keeps the context it was
+  // made with, so a rotation never pulls the certificate from under an open connection.
   std::shared_ptr<const BasicAuthUsers> users;
+  std::shared_ptr<ssl::context> tls;  // null: plain HTTP
+  std::optional<WatchedFiles> users_file, tls_files;
   std::map<uint64_t, std::weak_ptr<Session>> sessions;  // by age: the oldest first
   uint64_t next_id = 0;
   bool accepting = false;  // an async_accept or a back-off is pending
@@ -137,32 +53,63 @@ struct MetricsHttpServer::Impl : std::enable_shared_from_this<Impl> {
   class Session : public std::enable_shared_from_this<Session> {
    public:
     Session(std::shared_ptr<Impl> owner, tcp::socket socket, uint64_t id)
-        : owner_(std::move(owner)), stream_(std::move(socket)), id_(id) {}
+        : owner_(std::move(owner)), tls_context_(owner_->tls), id_(id) {
+      if (tls_context_) {
+        tls_.emplace(std::move(socket), *tls_context_);
+      } else {
+        plain_.emplace(std::move(socket));
+      }
+    }
 
-    void start() { read(); }
+    void start() {
+      // Until the handshake is done the connection counts as waiting for its request: evictable.
+      waiting_ = true;
+      waiting_since_ = Clock::now();
+      if (!tls_) return read();
+      tcp().expires_after(owner_->options.timeout);
+      tls_->async_handshake(ssl::stream_base::server,
+                            [self = shared_from_this()](beast::error_code ec) {
+                              // Not TLS, an untrusted client, or too slow: nothing to answer.
+                              if (ec) return self->close();
+                              self->read();
+                            });
+    }
     bool waiting() const { return waiting_ && !closed_; }
     Clock::time_point waiting_since() const { return waiting_since_; }
     bool closed() const { return closed_; }
     void close() {
+      // No TLS close_notify: responses carry Content-Length, so a truncation is detectable.
       if (closed_) return;
       closed_ = true;
       beast::error_code ignored;
-      stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
-      stream_.close();
+      tcp().socket().shutdown(tcp::socket::shutdown_both, ignored);
+      tcp().close();
     }
     ~Session() { owner_->session_ended(id_); }
 
    private:
+    beast::tcp_stream& tcp() { return tls_ ? beast::get_lowest_layer(*tls_) : *plain_; }
+    template <class F>
+    void with_stream(F&& f) {
+      if (tls_) {
+        f(*tls_);
+      } else {
+        f(*plain_);
+      }
+    }
+
     void read() {
       waiting_ = true;
       waiting_since_ = Clock::now();
       parser_.emplace();
       parser_->header_limit(static_cast<uint32_t>(owner_->options.max_header_bytes));
       parser_->body_limit(0);
-      stream_.expires_after(owner_->options.timeout);
-      http::async_read(
-          stream_, buffer_, *parser_,
-          [self = shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
+      tcp().expires_after(owner_->options.timeout);
+      with_stream([this](auto& stream) {
+        http::async_read(
+            stream, buffer_, *parser_,
+            [self = shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
+      });
     }
 
     void on_read(beast::error_code ec) {
@@ -191,7 +138,8 @@ struct MetricsHttpServer::Impl : std::enable_shared_from_this<Impl> {
       if (owner_->users) {
         const auto auth = req.find(http::field::authorization);
         if (auth == req.end() || !basic_auth_ok(*owner_->users, std::string(auth->value()))) {
-          return respond(http::status::unauthorized, "unauthorized\n", keep_alive, true);
+          return respond(http::status::unauthorized, "unauthorized\n", keep_alive,
+                         {{http::field::www_authenticate, "Basic realm=\"ldcp metrics\""}});
         }
       }
       if (req.method() != http::verb::get && req.method() != http::verb::head) {
@@ -201,31 +149,46 @@ struct MetricsHttpServer::Impl : std::enable_shared_from_this<Impl> {
         return respond(http::status::not_found, "not found; metrics are at /metrics\n", keep_alive);
       }
       std::string body = prometheus::TextSerializer().Serialize(owner_->registry->Collect());
-      respond(http::status::ok, std::move(body), keep_alive, false,
+      std::vector<std::pair<http::field, const char*>> headers;
+      if (owner_->options.gzip) {
+        // Caches between a scraper and this port must not hand a gzip body to another client.
+        headers.emplace_back(http::field::vary, "Accept-Encoding");
+        const auto accept = req.find(http::field::accept_encoding);
+        if (accept != req.end() && accepts_gzip({accept->value().data(), accept->value().size()})) {
+          body = gzip_compress(body);
+          headers.emplace_back(http::field::content_encoding, "gzip");
+        }
+      }
+      respond(http::status::ok, std::move(body), keep_alive, headers,
               req.method() == http::verb::head, "text/plain; version=0.0.4; charset=utf-8");
     }
 
-    void respond(http::status status, std::string body, bool keep_alive, bool challenge = false,
+    void respond(http::status status, std::string body, bool keep_alive,
+                 const std::vector<std::pair<http::field, const char*>>& headers = {},
                  bool head = false, const char* type = "text/plain; charset=utf-8") {
       response_ = {};
       response_.result(status);
       response_.version(11);
       response_.set(http::field::content_type, type);
-      if (challenge) response_.set(http::field::www_authenticate, "Basic realm=\"ldcp metrics\"");
+      for (const auto& [field, value] : headers) response_.set(field, value);
       response_.body() = std::move(body);
       response_.prepare_payload();
       if (head) response_.body().clear();
       response_.keep_alive(keep_alive);
-      stream_.expires_after(owner_->options.timeout);
-      http::async_write(stream_, response_,
-                        [self = shared_from_this(), keep_alive](beast::error_code ec, size_t) {
-                          if (ec || !keep_alive) return self->close();
-                          self->read();
-                        });
+      tcp().expires_after(owner_->options.timeout);
+      with_stream([this, keep_alive](auto& stream) {
+        http::async_write(stream, response_,
+                          [self = shared_from_this(), keep_alive](beast::error_code ec, size_t) {
+                            if (ec || !keep_alive) return self->close();
+                            self->read();
+                          });
+      });
     }
 
     std::shared_ptr<Impl> owner_;
-    beast::tcp_stream stream_;
+    std::shared_ptr<ssl::context> tls_context_;  // outlives tls_, which refers to it
+    std::optional<beast::tcp_stream> plain_;
+    std::optional<beast::ssl_stream<beast::tcp_stream>> tls_;
     beast::flat_buffer buffer_;
     std::optional<http::request_parser<http::empty_body>> parser_;
     http::response<http::string_body> response_;
@@ -330,11 +293,69 @@ struct MetricsHttpServer::Impl : std::enable_shared_from_this<Impl> {
     if (!stopped) accept();
   }
 
+  void schedule_refresh() {
+    if (stopped || options.refresh.count() <= 0 || (!users_file && !tls_files)) return;
+    refresh_timer.expires_after(options.refresh);
+    refresh_timer.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (ec || self->stopped) return;
+      try {
+        self->refresh();
+      } catch (const std::exception& e) {
+        log_error(std::string("metrics endpoint: re-reading files: ") + e.what());
+      }
+      self->schedule_refresh();
+    });
+  }
+
+  // Polls `files`; new content goes to `apply`, which throws when it does not parse. A failure
+  // is logged with `keep` (what stays in use) and tried again once the files change again.
+  template <class Apply>
+  static void reload(WatchedFiles& files, const std::string& keep, Apply apply) {
+    std::vector<std::string> texts;
+    std::string error;
+    switch (files.poll(texts, error)) {
+      case FileChange::kNone:
+        return;
+      case FileChange::kUnreadable:
+        log_warn("metrics endpoint: " + error + keep);
+        return;
+      case FileChange::kChanged:
+        try {
+          apply(texts);
+        } catch (const std::runtime_error& e) {
+          log_warn(std::string("metrics endpoint: ") + e.what() + keep);
+          files.reject(std::move(texts));
+          return;
+        }
+        files.accept(std::move(texts));
+    }
+  }
+
+  void refresh() {
+    if (users_file) {
+      reload(*users_file, strf("; keeping the %zu user(s) read before", user_count(*users)),
+             [this](const std::vector<std::string>& texts) {
+               users = parse_basic_auth(texts[0], options.basic_auth_file);
+               log_info(strf("metrics endpoint: --metrics-basic-auth-file %s re-read: %zu user(s)",
+                             options.basic_auth_file.c_str(), user_count(*users)));
+             });
+    }
+    if (tls_files) {
+      reload(*tls_files, "; keeping the certificate read before",
+             [this](const std::vector<std::string>& texts) {
+               tls = metrics_tls_context(texts[0], texts[1], options.tls_cert, options.tls_key);
+               log_info("metrics endpoint: new TLS certificate from " + options.tls_cert + ": " +
+                        describe_certificate(texts[0]));
+             });
+    }
+  }
+
   void stop() {
     stopped = true;
     beast::error_code ignored;
     acceptor.close(ignored);
     backoff.cancel();
+    refresh_timer.cancel();
     for (auto& [id, weak] : sessions) {
       if (auto s = weak.lock()) s->close();
     }
@@ -347,8 +368,25 @@ MetricsHttpServer::MetricsHttpServer(const std::string& address,
     : impl_(std::make_shared<Impl>()) {
   impl_->registry = std::move(registry);
   impl_->options = std::move(options);
-  if (!impl_->options.basic_auth_file.empty()) {
-    impl_->users = read_basic_auth_file(impl_->options.basic_auth_file);
+  const auto& o = impl_->options;
+  // The files are read here, so that a bad one stops the server before the model loads.
+  if (!o.basic_auth_file.empty()) {
+    std::vector<std::string> texts{read_whole_file("--metrics-basic-auth-file", o.basic_auth_file)};
+    impl_->users = parse_basic_auth(texts[0], o.basic_auth_file);
+    impl_->users_file.emplace(std::vector<std::string>{"--metrics-basic-auth-file"},
+                              std::vector<std::string>{o.basic_auth_file}, std::move(texts));
+  }
+  if (o.tls_cert.empty() != o.tls_key.empty()) {
+    throw std::runtime_error("--metrics-tls-cert, --metrics-tls-key: give both or neither");
+  }
+  if (!o.tls_cert.empty()) {
+    std::vector<std::string> texts{read_whole_file("--metrics-tls-cert", o.tls_cert),
+                                   read_whole_file("--metrics-tls-key", o.tls_key)};
+    impl_->tls = metrics_tls_context(texts[0], texts[1], o.tls_cert, o.tls_key);
+    log_info("metrics endpoint over HTTPS, certificate " + o.tls_cert + ": " +
+             describe_certificate(texts[0]));
+    impl_->tls_files.emplace(std::vector<std::string>{"--metrics-tls-cert", "--metrics-tls-key"},
+                             std::vector<std::string>{o.tls_cert, o.tls_key}, std::move(texts));
   }
   const auto colon = address.rfind(':');
   if (colon == std::string::npos) {
@@ -371,6 +409,7 @@ MetricsHttpServer::MetricsHttpServer(const std::string& address,
     throw std::runtime_error("--metrics-listen: cannot listen on " + address + ": " + e.what());
   }
   impl_->accept();
+  impl_->schedule_refresh();
   thread_ = std::thread([impl = impl_] {
     for (;;) {
       try {

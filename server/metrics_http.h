@@ -11,8 +11,13 @@
 //   are refused (GET needs none);
 // - accept errors never end the accept loop: out of file descriptors (EMFILE, ENFILE) or memory
 //   it backs off (100 ms) and retries, so /metrics answers again once descriptors are free;
-// - optional HTTP basic authentication (401 without valid credentials), from a file of
-//   `user:sha256:HEX` lines, HEX the SHA-256 of the password (the password itself is not stored).
+// - optional HTTP basic authentication (401 without valid credentials, metrics_basic_auth.h);
+// - optional HTTPS (metrics_tls.h): the TLS handshake, too, must finish within `timeout`;
+// - gzip for scrapers that accept it (http_gzip.h): a scrape is ~10x smaller;
+// - the basic-auth file and the TLS certificate and key are re-read every `refresh`
+//   (watched_files.h): new users and a new certificate apply to new requests and connections; a
+//   file that is unreadable or does not parse (a certificate whose key is not yet written) is
+//   logged and the previous users or certificate stay.
 //
 // Beast rather than prometheus-cpp's civetweb Exposer, which cannot start in this process:
 // Debian's civetweb creates its threads with a fixed 100 KiB stack (USE_STACK_SIZE=102400,
@@ -38,13 +43,16 @@ struct MetricsHttpOptions {
   int64_t max_connections = 32;
   std::chrono::milliseconds timeout{10000};
   int64_t max_header_bytes = 8192;
-  std::string basic_auth_file;  // empty: no authentication
+  std::string basic_auth_file;               // empty: no authentication
+  std::string tls_cert, tls_key;             // PEM; both empty: plain HTTP
+  bool gzip = true;                          // when the request's Accept-Encoding allows it
+  std::chrono::milliseconds refresh{10000};  // 0: the files are read at start-up only
 };
 
 class MetricsHttpServer {
  public:
-  // address: "host:port" (port 0: any free port). Throws std::runtime_error when it cannot bind
-  // or the basic-auth file cannot be read.
+  // address: "host:port" (port 0: any free port). Throws std::runtime_error naming the option
+  // when it cannot bind or the basic-auth or TLS files cannot be read or do not parse.
   MetricsHttpServer(const std::string& address, std::shared_ptr<prometheus::Registry> registry,
                     MetricsHttpOptions options = {});
   ~MetricsHttpServer();
@@ -56,12 +64,5 @@ class MetricsHttpServer {
   std::thread thread_;
   int port_ = 0;
 };
-
-// "user:sha256:HEX" lines (blank lines and #-comments skipped) -> user -> 32-byte digest.
-// Throws std::runtime_error naming the file and line.
-struct BasicAuthUsers;
-std::shared_ptr<const BasicAuthUsers> read_basic_auth_file(const std::string& path);
-// Whether the value of an Authorization header names a user of `users` with its password.
-bool basic_auth_ok(const BasicAuthUsers& users, const std::string& authorization);
 
 }  // namespace ldcp::server
