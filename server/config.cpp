@@ -27,6 +27,12 @@ void add_options(CLI::App& app, ServerConfig& c) {
       ->envname(env("DTYPE"))
       ->check(CLI::IsMember({"auto", "fp32", "fp16", "bf16"}))
       ->capture_default_str();
+  app.add_option("--linear-backend", c.linear_backend,
+                 "The U-Net's linear layers on the CPU: auto (time ATen and oneDNN on the "
+                 "U-Net's shapes at start-up, keep the faster), aten or onednn")
+      ->envname(env("LINEAR_BACKEND"))
+      ->check(CLI::IsMember({"auto", "aten", "onednn"}))
+      ->capture_default_str();
   app.add_flag("--fp16-weights", c.fp16_weights, "Load *.fp16.safetensors variants when present")
       ->envname(env("FP16_WEIGHTS"));
   app.add_option("--scores", c.score_source,

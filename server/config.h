@@ -17,7 +17,8 @@ struct ServerConfig {
   std::string model_dir;
   std::string gates_file;
   std::string device = "cpu";
-  std::string dtype = "auto";  // runtime/dtype.h
+  std::string dtype = "auto";           // runtime/dtype.h
+  std::string linear_backend = "auto";  // runtime/linear_backend.h: auto, aten or onednn
   bool fp16_weights = false;
   std::string score_source = "magnitude";  // without --gates: magnitude or random
   int64_t vae_tile_size = 0;               // pixels; 0: decode whole images
@@ -73,7 +74,7 @@ struct ServerConfig {
   int64_t metrics_max_connections = 32;
   double metrics_timeout_s = 10;
   int64_t metrics_max_header_bytes = 8192;
-  std::string metrics_basic_auth_file;  // user:sha256:HEX lines; empty: no authentication
+  std::string metrics_basic_auth_file;            // user:sha256:HEX lines; empty: no authentication
   std::string metrics_tls_cert, metrics_tls_key;  // empty: plaintext HTTP
   bool metrics_gzip = true;                       // gzip for clients that accept it
   double metrics_refresh_s = 10;  // re-read the basic-auth and TLS files this often; 0: never

@@ -104,6 +104,7 @@ int serve(const ServerConfig& c) {
   const auto dtype = ldcp::runtime::resolve_dtype(c.dtype, options.device);
   options.dtype = dtype.dtype;
   options.prefer_fp16_weights = c.fp16_weights;
+  options.linear_backend = c.linear_backend;
   options.score_source = c.score_source;
   options.vae_tile_size = c.vae_tile_size;
   if (!c.gates_file.empty()) options.gates_file = c.gates_file;
@@ -136,6 +137,8 @@ int serve(const ServerConfig& c) {
   log_info("loading " + c.model_dir + " on " + c.device + " (" + dtype.name + ", " + dtype.reason +
            ")");
   SdEngine engine(c.model_dir, options);
+  log_info("linears: " + ldcp::runtime::linear_backend_name(engine.linear_backend().backend) +
+           " (" + engine.linear_backend().reason + ")");
   int64_t budget_bytes = c.memory_budget.empty() ? 0 : parse_bytes(c.memory_budget);
   const int64_t headroom = parse_bytes(c.memory_headroom);
   if (budget_bytes == 0 && engine.memory().device_total_bytes <= 0) {

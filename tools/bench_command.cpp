@@ -44,7 +44,7 @@ double process_cpu_seconds() {
 
 struct BenchArgs {
   std::string model, gates, scores = "magnitude", levels = "0,0.25,0.5,0.75", device = "cpu",
-                            dtype = "auto", json, sampler = "pndm",
+                            dtype = "auto", json, sampler = "pndm", linear_backend = "auto",
                             prompt = "a photograph of an astronaut riding a horse";
   int64_t width = 0, height = 0, batch = 1, steps = 20, repeats = 5, threads = 0;
   double guidance = 7.5;
@@ -76,6 +76,7 @@ void run_bench(const BenchArgs& args) {
   options.gates_file = args.gates;
   options.score_source = args.scores;
   options.channels_last = args.channels_last;
+  options.linear_backend = args.linear_backend;
   const auto levels = parse_levels(args.levels, "--levels");
   if (args.threads > 0) torch::set_num_threads(static_cast<int>(args.threads));
 
@@ -85,6 +86,7 @@ void run_bench(const BenchArgs& args) {
   const int64_t before_load = meter.stats().allocated_bytes;
   std::cerr << "loading " << args.model << "\n";
   auto pipeline = pipelines::StableDiffusionPipeline::load(args.model, options);
+  print_linear_backend(*pipeline);
   const int64_t resident = meter.stats().allocated_bytes - before_load;
 
   pipelines::GenerationParams params;
@@ -289,6 +291,7 @@ void run_bench(const BenchArgs& args) {
     j["batch"] = args.batch;
     j["unet_batch"] = unet_batch;
     j["dtype"] = runtime::dtype_name(options.dtype);
+    j["linear_backend"] = runtime::linear_backend_name(pipeline->linear_backend_choice().backend);
     j["device"] = options.device.str();
     j["threads"] = torch::get_num_threads();
     j["scores"] = pipeline->pruner().scores().source;
@@ -389,6 +392,7 @@ void add_bench_command(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(0, 1024));
   add_memory_format_option(*bench, a.channels_last);
+  add_linear_backend_option(*bench, a.linear_backend);
   bench->add_option("--json", a.json, "Write every figure to this JSON file");
   bench->add_flag("--no-ungated", a.no_ungated,
                   "Skip the no-gates baseline (it loads a second U-Net)");

@@ -8,6 +8,10 @@
 #include <c10/core/ScalarType.h>
 #include <CLI/CLI.hpp>
 
+namespace ldcp::pipelines {
+class StableDiffusionPipeline;
+}
+
 namespace ldcp::tools {
 
 void add_generate_command(CLI::App& app);
@@ -24,6 +28,11 @@ c10::ScalarType parse_dtype(const std::string& name, const c10::Device& device);
 // The --dtype option of a command: default auto, LDCP_DTYPE from the environment.
 void add_dtype_option(CLI::App* app, std::string& dtype, const std::string& help = "");
 c10::Device parse_device(const std::string& name);
+// --linear-backend auto|aten|onednn (PipelineOptions::linear_backend), default auto,
+// LDCP_LINEAR_BACKEND from the environment.
+void add_linear_backend_option(CLI::App& command, std::string& backend);
+// Prints the pipeline's linear backend choice to stderr ("linears: onednn (auto: ...)").
+void print_linear_backend(const pipelines::StableDiffusionPipeline& pipeline);
 // --memory-format channels_last|contiguous (the U-Net's and VAE's convolution weight layout,
 // PipelineOptions::channels_last), stored into `channels_last`.
 void add_memory_format_option(CLI::App& command, bool& channels_last);

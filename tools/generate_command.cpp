@@ -29,6 +29,22 @@ c10::ScalarType parse_dtype(const std::string& name, const c10::Device& device) 
   return choice.dtype;
 }
 
+void add_linear_backend_option(CLI::App& command, std::string& backend) {
+  command
+      .add_option("--linear-backend", backend,
+                  "The U-Net's linear layers on the CPU: auto (time ATen and oneDNN on the "
+                  "U-Net's shapes at load, keep the faster), aten or onednn")
+      ->envname("LDCP_LINEAR_BACKEND")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "aten", "onednn"}));
+}
+
+void print_linear_backend(const pipelines::StableDiffusionPipeline& pipeline) {
+  const auto& choice = pipeline.linear_backend_choice();
+  std::fprintf(stderr, "linears: %s (%s)\n", runtime::linear_backend_name(choice.backend).c_str(),
+               choice.reason.c_str());
+}
+
 void add_dtype_option(CLI::App* app, std::string& dtype, const std::string& help) {
   app->add_option("--dtype", dtype,
                   help.empty() ? "auto (fp16 on CUDA, bf16 on a CPU with native bf16 "
@@ -97,6 +113,7 @@ std::filesystem::path output_path(const std::filesystem::path& out, int64_t inde
 
 struct GenerateArgs {
   std::string model, out, device = "cpu", dtype = "auto", gates, scores = "magnitude";
+  std::string linear_backend = "auto";
   int64_t vae_tile_size = 0;
   pipelines::GenerationParams params;
   std::optional<uint64_t> seed;
@@ -150,6 +167,7 @@ void run_generate(GenerateArgs& args) {
   options.score_source = args.scores;
   options.vae_tile_size = args.vae_tile_size;
   options.channels_last = args.channels_last;
+  options.linear_backend = args.linear_backend;
   auto& params = args.params;
   params.seed = args.seed ? *args.seed : std::random_device{}();
   if (!args.pruning_steps.empty()) {
@@ -161,6 +179,7 @@ void run_generate(GenerateArgs& args) {
   }
 
   auto pipeline = pipelines::StableDiffusionPipeline::load(args.model, options);
+  print_linear_backend(*pipeline);
   // 0 means the model's native size, as diffusers' default (unet sample_size x VAE factor).
   if (params.width == 0) params.width = pipeline->native_resolution();
   if (params.height == 0) params.height = pipeline->native_resolution();
@@ -237,6 +256,7 @@ void add_generate_command(CLI::App& app) {
       ->check(CLI::Range(1, 64));
   generate->add_option("--device", gen.device, "cpu, cuda or cuda:N")->capture_default_str();
   add_dtype_option(generate, gen.dtype, "");
+  add_linear_backend_option(*generate, gen.linear_backend);
   generate->add_flag("--fp16-weights", gen.fp16_weights,
                      "Load *.fp16.safetensors weight variants when present");
   auto* level =

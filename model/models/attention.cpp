@@ -9,10 +9,18 @@
 #include <torch/nn/functional/activation.h>
 
 #include "model/models/layers.h"
+#include "model/runtime/linear_backend.h"
 
 namespace ldcp::models {
 
 namespace F = torch::nn::functional;
+
+namespace {
+// A Linear layer through the process's CPU linear backend (ATen or oneDNN: linear_backend.h).
+torch::Tensor run_linear(const torch::nn::Linear& layer, const torch::Tensor& x) {
+  return runtime::linear(x, layer->weight, layer->bias);
+}
+}  // namespace
 
 // ---------------------------------------------------------------------------------------------
 // Attention
@@ -36,9 +44,9 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
   // AttnProcessor2_0 for 3-D input, no mask.
   const auto& context = encoder_hidden_states.defined() ? encoder_hidden_states : hidden_states;
   const int64_t batch = hidden_states.size(0);
-  auto query = to_q(hidden_states);
-  auto key = to_k(context);
-  auto value = to_v(context);
+  auto query = run_linear(to_q, hidden_states);
+  auto key = run_linear(to_k, context);
+  auto value = run_linear(to_v, context);
 
   const int64_t heads = config_.heads;
   const int64_t head_dim = key.size(-1) / heads;
@@ -48,7 +56,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
 
   auto out = at::scaled_dot_product_attention(query, key, value);
   out = out.transpose(1, 2).reshape({batch, -1, heads * head_dim}).to(query.scalar_type());
-  return to_out_proj(out);  // to_out[1] is a Dropout: the identity at inference
+  return run_linear(to_out_proj, out);  // to_out[1] is a Dropout: the identity at inference
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -59,7 +67,7 @@ GEGLUImpl::GEGLUImpl(int64_t dim_in, int64_t dim_out, bool bias) {
 }
 
 torch::Tensor GEGLUImpl::forward(const torch::Tensor& hidden_states) {
-  auto chunks = proj(hidden_states).chunk(2, -1);
+  auto chunks = run_linear(proj, hidden_states).chunk(2, -1);
   return chunks[0] * F::gelu(chunks[1]);
 }
 
@@ -74,7 +82,7 @@ FeedForwardImpl::FeedForwardImpl(const FeedForwardConfig& config) : config_(conf
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& hidden_states) {
   // net[1] is a Dropout: the identity at inference.
-  if (!gate_) return proj_out(act(hidden_states));
+  if (!gate_) return run_linear(proj_out, act(hidden_states));
   gate_->record_positions(hidden_states.size(-2));
   if (gate_->sliced()) return forward_sliced(hidden_states);
   auto inner = act(hidden_states);
@@ -83,7 +91,7 @@ torch::Tensor FeedForwardImpl::forward(const torch::Tensor& hidden_states) {
     auto mask = gate_->mask().to(inner.dtype()).repeat_interleave(gate_->unit_size(), -1);
     inner = inner * (mask.dim() == 1 ? mask : mask.unsqueeze(1));
   }
-  return proj_out(inner);
+  return run_linear(proj_out, inner);
 }
 
 // The first kept_channels() inner channels only: two narrowed products for the hidden and gate
@@ -94,11 +102,11 @@ torch::Tensor FeedForwardImpl::forward_sliced(const torch::Tensor& hidden_states
   const auto& w = act->proj->weight;
   const auto& b = act->proj->bias;
   auto half = [&](int64_t offset) {
-    return F::linear(hidden_states, w.narrow(0, offset, kept),
-                     b.defined() ? b.narrow(0, offset, kept) : torch::Tensor());
+    return runtime::linear(hidden_states, w.narrow(0, offset, kept),
+                           b.defined() ? b.narrow(0, offset, kept) : torch::Tensor());
   };
   auto activated = half(0) * F::gelu(half(inner));
-  return F::linear(activated, proj_out->weight.narrow(1, 0, kept), proj_out->bias);
+  return runtime::linear(activated, proj_out->weight.narrow(1, 0, kept), proj_out->bias);
 }
 
 void FeedForwardImpl::enable_gate(const std::string& name) {
@@ -262,7 +270,7 @@ torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& hidden_states
   } else {
     const int64_t channels = hidden.size(1);
     hidden = hidden.permute({0, 2, 3, 1}).reshape({batch, height * width, channels});
-    hidden = proj_in_linear(hidden);
+    hidden = run_linear(proj_in_linear, hidden);
   }
 
   // 2. Blocks
@@ -277,7 +285,7 @@ torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& hidden_states
                  .contiguous(layout);
     hidden = proj_out_conv(hidden);
   } else {
-    hidden = proj_out_linear(hidden);
+    hidden = run_linear(proj_out_linear, hidden);
     hidden = hidden.reshape({batch, height, width, hidden.size(-1)})
                  .permute({0, 3, 1, 2})
                  .contiguous(layout);

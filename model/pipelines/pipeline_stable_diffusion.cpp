@@ -42,6 +42,30 @@ at::Tensor rescale_noise_cfg(const at::Tensor& noise_cfg, const at::Tensor& nois
   return factor * rescaled + (1.0 - factor) * noise_cfg;
 }
 
+// One transformer's linears per attention resolution of the U-Net at its native size, batch 1,
+// rows capped at 1024 (the backends' ranking no longer changes with more rows, and timing
+// SD1.5's 4096-row products would add seconds to every start): the shapes "auto" times.
+std::vector<runtime::LinearShape> unet_linear_shapes(const models::UNet2DConditionConfig& c) {
+  std::vector<runtime::LinearShape> shapes;
+  int64_t latent = c.sample_size ? c.sample_size->first : 64;
+  auto add = [&](int64_t tokens, int64_t channels, int64_t cross) {
+    const int64_t m = std::min<int64_t>(tokens, 1024);
+    shapes.push_back({m, channels, channels});      // to_q, to_k, to_v, to_out, proj_in/out
+    shapes.push_back({m, channels, 8 * channels});  // GEGLU proj (2 x 4c)
+    shapes.push_back({m, 4 * channels, channels});  // net.2
+    shapes.push_back({77, cross, channels});        // attn2's to_k, to_v on the text
+  };
+  for (size_t i = 0; i < c.num_blocks(); ++i) {
+    const int64_t cross = c.cross_attention_dim[c.cross_attention_dim.size() == 1 ? 0 : i];
+    if (c.down_block_types[i].find("CrossAttn") != std::string::npos) {
+      add(latent * latent, c.block_out_channels[i], cross);
+    }
+    if (i + 1 < c.num_blocks()) latent = std::max<int64_t>(1, latent / 2);
+  }
+  add(latent * latent, c.block_out_channels.back(), c.cross_attention_dim.back());  // mid block
+  return shapes;
+}
+
 }  // namespace
 
 struct StableDiffusionPipeline::Parts {
@@ -53,6 +77,7 @@ struct StableDiffusionPipeline::Parts {
   models::AutoencoderKL vae{nullptr};
   nlohmann::json scheduler_config;
   std::unique_ptr<pruning::UNetPruner> pruner;
+  runtime::LinearChoice linear_choice;
   std::map<std::pair<int64_t, int64_t>, int64_t> unet_macs;  // (h, w) latent -> per sample
   // The gates' keep counts are state of the shared U-Net: a plan is applied and the forward
   // run under this lock, so that batches on several threads (the server's --workers) never
@@ -114,7 +139,17 @@ std::unique_ptr<StableDiffusionPipeline> StableDiffusionPipeline::load(
                                 "\" needs a gates file (known without one: magnitude, random)");
   }
   parts->pruner = std::make_unique<pruning::UNetPruner>(*parts->unet, scores);
+  if (options.device.is_cpu()) {
+    parts->linear_choice = runtime::configure_linear_backend(
+        options.linear_backend, options.dtype, unet_linear_shapes(parts->unet->config()));
+  } else {
+    parts->linear_choice.reason = "CUDA: cuBLAS";
+  }
   return std::unique_ptr<StableDiffusionPipeline>(new StableDiffusionPipeline(std::move(parts)));
+}
+
+const runtime::LinearChoice& StableDiffusionPipeline::linear_backend_choice() const {
+  return parts_->linear_choice;
 }
 
 int64_t StableDiffusionPipeline::vae_scale_factor() const {

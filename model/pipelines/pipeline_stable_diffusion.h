@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/pruning/pruning_schedule.h"
+#include "model/runtime/linear_backend.h"
 
 namespace ldcp::models {
 class UNet2DConditionModelImpl;
@@ -96,6 +97,10 @@ struct PipelineOptions {
   // whose component configs, tokenizer and scheduler config replace the built-in SD1.5 ones, as
   // diffusers' from_single_file(config=DIR); its weights are not read. Empty: SD1.5's.
   std::filesystem::path single_file_config;
+  // The CPU backend of the U-Net's linear layers (runtime/linear_backend.h): "aten", "onednn",
+  // or "auto", which times both on the U-Net's shapes at load and keeps the faster. The default
+  // is ATen's, the reference path; the tools and the server default to "auto".
+  std::string linear_backend = "aten";
 };
 
 class StableDiffusionPipeline {
@@ -140,6 +145,8 @@ class StableDiffusionPipeline {
   // The scheduler config the samplers are made from (the folder's scheduler_config.json, or a
   // single file's built-in one).
   const nlohmann::json& scheduler_config() const;
+  // The linear backend load() chose for the run's dtype, and why (CUDA: always ATen, cuBLAS).
+  const runtime::LinearChoice& linear_backend_choice() const;
 
  private:
   struct Parts;

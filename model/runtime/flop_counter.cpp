@@ -19,7 +19,8 @@ int64_t numel(c10::IntArrayRef sizes) {
   return n;
 }
 
-// aten::convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
+// aten::convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding,
+// groups)
 int64_t convolution_macs(c10::ArrayRef<const c10::IValue> in) {
   const auto input = in[0].toTensor().sizes();
   const auto weight = in[1].toTensor().sizes();
@@ -52,6 +53,10 @@ int64_t operator_macs(const std::string& name, c10::ArrayRef<const c10::IValue> 
   if (name == "aten::addmm") {
     const auto a = in[1].toTensor().sizes(), b = in[2].toTensor().sizes();
     return a[0] * a[1] * b[1];
+  }
+  if (name == "mkldnn::_linear_pointwise") {
+    // x [..., k], W [n, k] (runtime/linear_backend.h's oneDNN path).
+    return numel(in[0].toTensor().sizes()) * in[1].toTensor().size(0);
   }
   if (name == "aten::bmm") {
     const auto a = in[0].toTensor().sizes(), b = in[1].toTensor().sizes();
@@ -102,8 +107,8 @@ struct FlopCounter::State {
 FlopCounter::FlopCounter() : state_(std::make_unique<State>()) {
   state_->previous = active_counts;
   active_counts = &state_->counts;
-  state_->handle = at::addThreadLocalCallback(
-      at::RecordFunctionCallback(&on_start, &on_end).needsInputs(true));
+  state_->handle =
+      at::addThreadLocalCallback(at::RecordFunctionCallback(&on_start, &on_end).needsInputs(true));
 }
 
 FlopCounter::~FlopCounter() {

@@ -6,6 +6,12 @@ Writes DIR/ref/pipeline/cases.json (the parameters of each case) and images.safe
 (case name -> float32 [num_images, H, W, 3] in [0, 1], diffusers' output_type="np").
 With --sd15, runs the full SD1.5 architecture (DIR/models/sd15) at 64x64 for 2 steps instead,
 into DIR/ref/pipeline-sd15.
+
+With --dtype bf16, diffusers runs in bfloat16 (from_pretrained(dtype=torch.bfloat16), on
+the CPU) into DIR/ref/pipeline-bf16 (or pipeline-sd15-bf16): a subset of the cases (every sampler
+on one model, the negative prompt with guidance rescale, several images at an odd size, guidance
+off), the references of the C++ pipeline loaded with PipelineOptions.dtype = kBFloat16. The
+images are stored as float32 (diffusers' output_type="np" casts them).
 """
 
 import argparse
@@ -67,7 +73,14 @@ def sd15_cases():
     ]
 
 
-def run(parity_dir, cases, part):
+# The bf16 subset of tiny_cases(): every sampler on tiny-a, and the cases that take other paths.
+BF16_TINY_CASES = {f"tiny-a-{sampler}" for sampler in SAMPLERS} | {
+    "negative-rescale", "two-images-odd-size", "no-guidance"}
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def run(parity_dir, cases, part, dtype=torch.float32):
     out = ref_dir(parity_dir, part)
     images = {}
     pipes = {}
@@ -75,7 +88,7 @@ def run(parity_dir, cases, part):
         if c["model"] not in pipes:
             pipe = StableDiffusionPipeline.from_pretrained(
                 models_dir(parity_dir) / c["model"], safety_checker=None,
-                requires_safety_checker=False)
+                requires_safety_checker=False, dtype=dtype)
             # The model's own scheduler config: a sampler built from another sampler's config
             # would inherit its options (e.g. use_karras_sigmas).
             pipes[c["model"]] = (pipe, dict(pipe.scheduler.config))
@@ -97,7 +110,7 @@ def run(parity_dir, cases, part):
             output_type="np",
             **kwargs,
         )
-        images[c["name"]] = torch.from_numpy(result.images)
+        images[c["name"]] = torch.from_numpy(result.images).float()
         print(f"{c['name']}: {tuple(result.images.shape)}")
     save_tensors(out / "images.safetensors", images)
     save_json(out / "cases.json", cases)
@@ -108,16 +121,23 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--parity-dir", required=True)
     parser.add_argument("--sd15", action="store_true")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                        help="diffusers' torch_dtype (default fp32); bf16 writes <part>-bf16")
     args = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     from pathlib import Path
 
     parity_dir = Path(args.parity_dir)
+    dtype = DTYPES[args.dtype]
+    suffix = "" if args.dtype == "fp32" else f"-{args.dtype}"
     with torch.no_grad():
         if args.sd15:
-            run(parity_dir, sd15_cases(), "pipeline-sd15")
+            run(parity_dir, sd15_cases(), "pipeline-sd15" + suffix, dtype)
         else:
-            run(parity_dir, tiny_cases(), "pipeline")
+            cases = tiny_cases()
+            if args.dtype != "fp32":
+                cases = [c for c in cases if c["name"] in BF16_TINY_CASES]
+            run(parity_dir, cases, "pipeline" + suffix, dtype)
 
 
 if __name__ == "__main__":

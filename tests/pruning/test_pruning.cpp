@@ -1,5 +1,8 @@
 // Channel pruning of the U-Net: exactness of the sliced forward, the prefix property, level 0
 // equal to the ungated model, measured FLOPs and memory falling with the level, gates files.
+#include <algorithm>
+#include <cstdio>
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -33,7 +36,9 @@ torch::Tensor run(UNet2DConditionModel& unet, const Inputs& in) {
 
 class PruningTest : public ::testing::TestWithParam<std::string> {
  protected:
-  UNet2DConditionModel load() { return models::load_unet(ldcp::testing::parity_model(GetParam()) / "unet"); }
+  UNet2DConditionModel load() {
+    return models::load_unet(ldcp::testing::parity_model(GetParam()) / "unet");
+  }
 };
 
 TEST_P(PruningTest, LevelZeroEqualsTheUngatedModel) {
@@ -48,17 +53,21 @@ TEST_P(PruningTest, LevelZeroEqualsTheUngatedModel) {
   EXPECT_ALLCLOSE(run(gated, in), expected, 1e-5);
 }
 
-TEST_P(PruningTest, SlicedForwardEqualsZeroingTheDroppedUnits) {
-  auto unet = load();
+// The sliced forward at several levels against the same plan as masks on the full layers
+// (dropped units' activations zeroed after norm2+SiLU (ResNet) or after GEGLU (feed-forward)), in
+// `dtype`: max |sliced - masked| <= rel_tol x max(1, max |masked|). Prints what it measured.
+void expect_sliced_equals_masked(UNet2DConditionModel& unet, torch::ScalarType dtype,
+                                 double rel_tol) {
+  unet->to(dtype);
   UNetPruner pruner(*unet, random_scores(*unet, 7));
-  const auto in = inputs_for(unet);
+  auto in = inputs_for(unet);
+  in.sample = in.sample.to(dtype);
+  in.context = in.context.to(dtype);
   for (double level : {0.25, 0.5, 0.7}) {
     SCOPED_TRACE("level " + std::to_string(level));
     const auto plan = pruner.plan(level);
     pruner.apply(plan);
     const auto sliced = run(unet, in);
-    // The same plan as masks on the full layers: dropped units' activations zeroed after
-    // norm2+SiLU (ResNet) or after GEGLU (feed-forward).
     pruner.reset();
     for (size_t l = 0; l < pruner.layers().size(); ++l) {
       const auto& gate = pruner.layers()[l].layer->gate();
@@ -68,10 +77,33 @@ TEST_P(PruningTest, SlicedForwardEqualsZeroingTheDroppedUnits) {
     }
     const auto masked = run(unet, in);
     for (const auto& ref : pruner.layers()) ref.layer->gate()->set_mask({});
-    EXPECT_ALLCLOSE(sliced, masked, 1e-5);
+    ASSERT_EQ(sliced.scalar_type(), dtype);
+    const auto diff = (sliced.to(torch::kDouble) - masked.to(torch::kDouble)).abs();
+    const double scale = std::max(1.0, masked.to(torch::kDouble).abs().max().item<double>());
+    std::printf("%s level %.2f: max |sliced - masked| %.3e (%.3e of the scale %.2f), mean %.3e\n",
+                c10::toString(dtype), level, diff.max().item<double>(),
+                diff.max().item<double>() / scale, scale, diff.mean().item<double>());
+    EXPECT_ALLCLOSE(sliced, masked, rel_tol);
     const auto full = run(unet, in);
-    EXPECT_GT((sliced - full).abs().max().item<double>(), 1e-6) << "pruning changed nothing";
+    // Pruning must change the output by much more than the tolerance.
+    EXPECT_GT((sliced.to(torch::kDouble) - full.to(torch::kDouble)).abs().max().item<double>(),
+              10 * rel_tol * scale)
+        << "pruning changed nothing";
   }
+}
+
+TEST_P(PruningTest, SlicedForwardEqualsZeroingTheDroppedUnits) {
+  auto unet = load();
+  expect_sliced_equals_masked(unet, torch::kFloat, 1e-5);
+}
+
+// In bf16 the sliced and the masked forward round differently (narrower GEMMs and convolutions
+// accumulate in other blocks, and every layer's output is rounded to bf16's 8-bit mantissa), so
+// they agree to bf16's precision, not bit for bit: measured 2026-12-02 at most 6.9e-3 of the
+// output's scale (levels 0.25-0.7, AMX CPU), against bf16's 3.9e-3 epsilon.
+TEST_P(PruningTest, SlicedForwardEqualsZeroingTheDroppedUnitsInBf16) {
+  auto unet = load();
+  expect_sliced_equals_masked(unet, torch::kBFloat16, 1.5e-2);
 }
 
 TEST_P(PruningTest, PlansArePrefixesAndMonotoneInLevel) {
@@ -94,7 +126,8 @@ TEST_P(PruningTest, PlansArePrefixesAndMonotoneInLevel) {
   }
   EXPECT_THROW(pruner.plan(1.0), std::invalid_argument);
   EXPECT_THROW(pruner.plan(-0.1), std::invalid_argument);
-  EXPECT_NE(pruner.describe(pruner.plan(0.5)).find(pruner.layers().front().name), std::string::npos);
+  EXPECT_NE(pruner.describe(pruner.plan(0.5)).find(pruner.layers().front().name),
+            std::string::npos);
 }
 
 TEST_P(PruningTest, MeasuredFlopsAndPeakMemoryFallWithTheLevel) {
