@@ -13,7 +13,7 @@
 //   it backs off (100 ms) and retries, so /metrics answers again once descriptors are free;
 // - optional HTTP basic authentication (401 without valid credentials, metrics_basic_auth.h);
 // - optional HTTPS (metrics_tls.h): the TLS handshake, too, must finish within `timeout`;
-// - gzip for scrapers that accept it (http_gzip.h): a scrape is ~10x smaller;
+// - gzip for scrapers that accept it (http_gzip.h): a scrape is several times smaller;
 // - the basic-auth file and the TLS certificate and key are re-read every `refresh`
 //   (watched_files.h): new users and a new certificate apply to new requests and connections; a
 //   file that is unreadable or does not parse (a certificate whose key is not yet written) is

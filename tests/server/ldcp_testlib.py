@@ -52,6 +52,14 @@ def tool(name):
     return str(BINARY_DIR / sub / name)
 
 
+def small_cpu_flags(levels="0"):
+    """ldcp-server flags for the demo model on the CPU: 64x64 images, one calibration step per
+    level, batches of one (starts in seconds)."""
+    return ["--device", "cpu", "--memory-budget", "64GiB", "--default-size", 64,
+            "--calibrate-sizes", "64x64", "--calibrate-levels", levels, "--calibrate-steps", 1,
+            "--max-batch", 1]
+
+
 def demo_model(workdir):
     """A tiny random-weight model folder (ldcp init-demo-model), made once per work folder."""
     path = Path(workdir) / "tiny"

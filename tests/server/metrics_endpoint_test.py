@@ -98,9 +98,7 @@ def setUpModule():
 
 def start_server(model, users):
     global SERVER
-    SERVER = lib.Server(model, WORK, "--device", "cpu", "--memory-budget", "64GiB",
-                        "--default-size", 64, "--calibrate-sizes", "64x64", "--calibrate-levels",
-                        "0,0.7", "--calibrate-steps", 1, "--max-batch", 1,
+    SERVER = lib.Server(model, WORK, *lib.small_cpu_flags("0,0.7"),
                         "--metrics-max-connections", MAX_CONNECTIONS, "--metrics-timeout",
                         TIMEOUT_S, "--metrics-max-header-bytes", 4096,
                         "--metrics-basic-auth-file", users).wait_ready()

@@ -82,9 +82,7 @@ def setUpModule():
     for ext in ("crt", "key"):
         shutil.copy(CERTS / f"metrics.{ext}", CERTS / f"live.{ext}")
     (WORK / "users").write_text(users_text(PASSWORD))
-    SERVER = lib.Server(lib.demo_model(WORK), WORK, "--device", "cpu", "--memory-budget", "64GiB",
-                        "--default-size", 64, "--calibrate-sizes", "64x64", "--calibrate-levels",
-                        "0", "--calibrate-steps", 1, "--max-batch", 1, "--metrics-timeout",
+    SERVER = lib.Server(lib.demo_model(WORK), WORK, *lib.small_cpu_flags(), "--metrics-timeout",
                         TIMEOUT_S, "--metrics-refresh", REFRESH_S, "--metrics-tls-cert",
                         CERTS / "live.crt", "--metrics-tls-key", CERTS / "live.key",
                         "--metrics-basic-auth-file", WORK / "users").wait_ready()

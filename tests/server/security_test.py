@@ -25,6 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import ldcp_testlib as lib
+import testcerts
+from testcerts import read, replace
 
 pb, pb_grpc = lib.load_stubs()
 
@@ -44,39 +46,13 @@ TLS = None   # the TLS-only server without tokens
 
 
 # ------------------------------------------------------------------------------- certificates
-def openssl(*args):
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
-
-
 def make_ca(name):
-    key, crt = CERTS / f"{name}.key", CERTS / f"{name}.crt"
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", key, "-out", crt, "-days", 2, "-subj", f"/CN={name}",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    return key, crt
+    return testcerts.make_ca(CERTS, name)
 
 
 def make_cert(name, ca, usage, san=None):
     """A key and certificate signed by `ca` (its name); usage serverAuth or clientAuth."""
-    key, csr, crt = CERTS / f"{name}.key", CERTS / f"{name}.csr", CERTS / f"{name}.crt"
-    ext = CERTS / f"{name}.ext"
-    ext.write_text(f"extendedKeyUsage={usage}\n" + (f"subjectAltName={san}\n" if san else ""))
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
-    openssl("x509", "-req", "-in", csr, "-CA", CERTS / f"{ca}.crt", "-CAkey", CERTS / f"{ca}.key",
-            "-CAcreateserial", "-out", crt, "-days", 2, "-extfile", ext)
-    return key, crt
-
-
-def read(path):
-    return Path(path).read_bytes()
-
-
-def replace(path, data):
-    tmp = Path(str(path) + ".new")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    return testcerts.make_cert(CERTS, name, ca, usage, san)
 
 
 def tokens_text(names):
