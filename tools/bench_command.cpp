@@ -86,7 +86,7 @@ void run_bench(const BenchArgs& args) {
   const int64_t before_load = meter.stats().allocated_bytes;
   std::cerr << "loading " << args.model << "\n";
   auto pipeline = pipelines::StableDiffusionPipeline::load(args.model, options);
-  print_linear_backend(*pipeline);
+  print_linear_backend(args.linear_backend, *pipeline);
   const int64_t resident = meter.stats().allocated_bytes - before_load;
 
   pipelines::GenerationParams params;

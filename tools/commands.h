@@ -31,8 +31,10 @@ c10::Device parse_device(const std::string& name);
 // --linear-backend auto|aten|onednn (PipelineOptions::linear_backend), default auto,
 // LDCP_LINEAR_BACKEND from the environment.
 void add_linear_backend_option(CLI::App& command, std::string& backend);
-// Prints the pipeline's linear backend choice to stderr ("linears: onednn (auto: ...)").
-void print_linear_backend(const pipelines::StableDiffusionPipeline& pipeline);
+// Prints the pipeline's linear backend choice to stderr ("linears: aten (auto: ...)") when it
+// was `requested` "auto" (as the dtype: a forced choice prints nothing).
+void print_linear_backend(const std::string& requested,
+                          const pipelines::StableDiffusionPipeline& pipeline);
 // --memory-format channels_last|contiguous (the U-Net's and VAE's convolution weight layout,
 // PipelineOptions::channels_last), stored into `channels_last`.
 void add_memory_format_option(CLI::App& command, bool& channels_last);

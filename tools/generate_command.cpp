@@ -39,7 +39,9 @@ void add_linear_backend_option(CLI::App& command, std::string& backend) {
       ->check(CLI::IsMember({"auto", "aten", "onednn"}));
 }
 
-void print_linear_backend(const pipelines::StableDiffusionPipeline& pipeline) {
+void print_linear_backend(const std::string& requested,
+                          const pipelines::StableDiffusionPipeline& pipeline) {
+  if (requested != "auto") return;
   const auto& choice = pipeline.linear_backend_choice();
   std::fprintf(stderr, "linears: %s (%s)\n", runtime::linear_backend_name(choice.backend).c_str(),
                choice.reason.c_str());
@@ -179,7 +181,7 @@ void run_generate(GenerateArgs& args) {
   }
 
   auto pipeline = pipelines::StableDiffusionPipeline::load(args.model, options);
-  print_linear_backend(*pipeline);
+  print_linear_backend(args.linear_backend, *pipeline);
   // 0 means the model's native size, as diffusers' default (unet sample_size x VAE factor).
   if (params.width == 0) params.width = pipeline->native_resolution();
   if (params.height == 0) params.height = pipeline->native_resolution();
