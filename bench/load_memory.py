@@ -79,7 +79,12 @@ def main():
                    help="weights/run dtype pairs")
     p.add_argument("--work", type=Path, help="folder for the fp16 variant, images and logs")
     p.add_argument("--json", type=Path)
+    p.add_argument("--make-fp16-variant", nargs=2, type=Path, metavar=("MODEL", "WORK"),
+                   help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.make_fp16_variant:
+        fp16_variant(*args.make_fp16_variant)
+        return 0
     if not (args.model / "model_index.json").is_file():
         p.error(f"--model {args.model}: no model_index.json there")
     work = args.work or Path(tempfile.mkdtemp(prefix="ldcp-load-memory-"))
@@ -87,7 +92,13 @@ def main():
     variants = [tuple(v.split("/")) for v in args.variants.split(",")]
     if any(w not in ("fp32", "fp16") or r not in ("fp32", "fp16", "bf16") for w, r in variants):
         p.error(f"--variants {args.variants!r}: pairs of weights (fp32|fp16) / run dtype")
-    fp16_model = fp16_variant(args.model, work) if any(w == "fp16" for w, _ in variants) else None
+    fp16_model = None
+    if any(w == "fp16" for w, _ in variants):
+        # In a child: a child's ru_maxrss starts from its parent's resident size when it is
+        # spawned, so a parent that held the weights (5.4 GB here) would be every row's figure.
+        fp16_model = work / "fp16-variant"
+        subprocess.run([sys.executable, __file__, "--model", str(args.model),
+                        "--make-fp16-variant", str(args.model), str(work)], check=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     env.pop("LDCP_DTYPE", None)
 
