@@ -28,9 +28,8 @@ const char* level_reason_name(LevelReason reason) {
 void AutoLevelPolicy::record_arrival(int64_t images, Clock::time_point now) {
   std::lock_guard lock(mu_);
   arrivals_.emplace_back(now, std::max<int64_t>(1, images));
-  while (!arrivals_.empty() && now - arrivals_.front().first > config_.rate_window) {
-    arrivals_.pop_front();
-  }
+  const auto keep = std::max(config_.rate_window, config_.rate_max_window);
+  while (!arrivals_.empty() && now - arrivals_.front().first > keep) arrivals_.pop_front();
 }
 
 void AutoLevelPolicy::record_batch(double level, int64_t images, int64_t steps, double seconds,
@@ -55,10 +54,19 @@ double AutoLevelPolicy::arrival_rate(Clock::time_point now) const {
   // The images that arrived after the oldest arrival in the window, over the time since it:
   // the usual estimate of a Poisson rate from its arrivals, and 0 for a lone request (an idle
   // server's first request is not load; a burst shows in the queue term of choose()).
+  // The window: rate_window, stretched back to the rate_min_arrivals-th latest arrival.
+  auto window = std::chrono::duration_cast<Clock::duration>(config_.rate_window);
+  const auto count = static_cast<int64_t>(arrivals_.size());
+  if (config_.rate_min_arrivals > 0 && count > 0) {
+    const auto& t =
+        arrivals_[static_cast<size_t>(std::max<int64_t>(0, count - config_.rate_min_arrivals))]
+            .first;
+    window = std::max(window, std::min<Clock::duration>(now - t, config_.rate_max_window));
+  }
   std::optional<Clock::time_point> oldest;
   int64_t images = 0;
   for (const auto& [t, n] : arrivals_) {
-    if (now - t > config_.rate_window) continue;
+    if (now - t > window) continue;
     if (!oldest) {
       oldest = t;
       continue;

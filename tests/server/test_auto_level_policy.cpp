@@ -31,6 +31,7 @@ struct ThroughputFixture {
     c.max_level = 0.7;
     c.max_queue = 256;
     c.auto_policy.rate_window = 2000ms;
+    c.auto_policy.rate_min_arrivals = 0;  // the window alone: these cases switch rates in seconds
     c.auto_policy.drain_seconds = 2;
     scheduler = std::make_unique<RequestScheduler>(engine, budget, costs, &metrics, c);
     for (const auto& run : runs) {
@@ -75,6 +76,7 @@ struct ThroughputFixture {
 TEST(AutoLevelPolicy, ArrivalRateIsZeroForALoneRequestAndTheRateOfASteadyStream) {
   AutoLevelConfig config;
   config.rate_window = 2000ms;
+  config.rate_min_arrivals = 0;
   AutoLevelPolicy policy(config);
   const auto t0 = AutoLevelPolicy::Clock::now();
   EXPECT_EQ(policy.arrival_rate(t0), 0.0);
@@ -85,6 +87,34 @@ TEST(AutoLevelPolicy, ArrivalRateIsZeroForALoneRequestAndTheRateOfASteadyStream)
   EXPECT_NEAR(policy.arrival_rate(t0 + 1000ms), 10.0, 1e-9);
   // The window forgets: one second later only the last arrivals count.
   EXPECT_NEAR(policy.arrival_rate(t0 + 2900ms), 1.0 / 2.0, 1e-9);  // one after t0+0.9 s
+}
+
+// At a low rate the window stretches back over the last rate_min_arrivals arrivals: a clump of
+// three (Poisson draws clump) no longer reads as a rate well above the stream's.
+TEST(AutoLevelPolicy, ALowRateIsMeasuredOverTheLastArrivalsNotTheWindowAlone) {
+  const auto t0 = AutoLevelPolicy::Clock::now();
+  auto feed = [&](AutoLevelPolicy& policy) {
+    for (int i = 0; i < 16; ++i) policy.record_arrival(1, t0 + i * 4s);  // 0.25/s, t = 0..60 s
+    for (auto t : {64500ms, 65000ms, 65500ms}) policy.record_arrival(1, t0 + t);
+  };
+  AutoLevelConfig window_only;
+  window_only.rate_window = 10s;
+  window_only.rate_min_arrivals = 0;
+  AutoLevelPolicy short_window(window_only);
+  feed(short_window);
+  // t = 56, 60 and the clump: 4 images after the oldest, over 10 s.
+  EXPECT_NEAR(short_window.arrival_rate(t0 + 66s), 0.4, 1e-9);
+  AutoLevelConfig stretched = window_only;
+  stretched.rate_min_arrivals = 16;
+  AutoLevelPolicy last_arrivals(stretched);
+  feed(last_arrivals);
+  // The 16th latest arrival is at t = 12 s: 15 images after it, over 54 s.
+  EXPECT_NEAR(last_arrivals.arrival_rate(t0 + 66s), 15.0 / 54.0, 1e-9);
+  // Bounded by rate_max_window: at most the last 20 s.
+  stretched.rate_max_window = 20s;
+  AutoLevelPolicy bounded(stretched);
+  feed(bounded);
+  EXPECT_NEAR(bounded.arrival_rate(t0 + 66s), 6.0 / 18.0, 1e-9);  // t = 48 .. 65.5
 }
 
 TEST(AutoLevelPolicy, IdleQueueRunsAtLevelZero) {
