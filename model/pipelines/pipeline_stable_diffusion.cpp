@@ -43,8 +43,9 @@ at::Tensor rescale_noise_cfg(const at::Tensor& noise_cfg, const at::Tensor& nois
 }
 
 // One transformer's linears per attention resolution of the U-Net at its native size, batch 1,
-// rows capped at 1024 (the backends' ranking no longer changes with more rows, and timing
-// SD1.5's 4096-row products would add seconds to every start): the shapes "auto" times.
+// rows capped at 1024 so that timing SD1.5's 4096-row products does not add seconds to every
+// start (a cap for start-up time: whether the ranking holds at 4096 rows is not checked here;
+// bench/linear_bench.py measures the full shapes): the shapes "auto" times.
 std::vector<runtime::LinearShape> unet_linear_shapes(const models::UNet2DConditionConfig& c) {
   std::vector<runtime::LinearShape> shapes;
   int64_t latent = c.sample_size ? c.sample_size->first : 64;
