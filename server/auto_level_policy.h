@@ -58,8 +58,9 @@ class AutoLevelPolicy {
   // since it (0 for a lone request).
   double arrival_rate(Clock::time_point now) const;
   // Measured images per second of `images` images at `level` with `steps` steps; none when no
-  // batch at or below that level was measured. Unmeasured pairs use the nearest measured level
-  // below and batch size below (both slower: the estimate errs towards more pruning).
+  // batch at or below that level was measured. An unmeasured level between two measured ones
+  // interpolates their times linearly; above the highest measured one, that one's (slower: the
+  // estimate errs towards more pruning). An unmeasured batch size uses the nearest below.
   // At another size than measured: the nearest measured size's, scaled by the pixel count.
   std::optional<double> throughput(double level, int64_t images, int64_t steps,
                                    int64_t pixels = 0) const;

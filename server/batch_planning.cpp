@@ -122,6 +122,14 @@ std::optional<RequestScheduler::Batch> RequestScheduler::plan_auto(
     b.level = choice->option.level;  // an out-of-memory retry: no hysteresis
     b.reason = LevelReason::kMemory;
   } else {
+    // The hysteresis damps flapping at the memory limit. A level held for throughput has done
+    // its work once this batch empties the queue: from there the policy's own choice, so that
+    // one burst does not hold a high level for several decisions per grid step.
+    if (sticky_reason_ != LevelReason::kMemory && queued_images <= choice->option.images &&
+        choice->option.level < sticky_level_) {
+      sticky_level_ = choice->option.level;
+      down_streak_ = 0;
+    }
     if (choice->option.level >= sticky_level_) sticky_reason_ = choice->reason;
     b.level = hysteresis(choice->option.level, allowed_of[n], cost, free);
     // Held above the policy's choice by the hysteresis: what set the held level.

@@ -142,6 +142,50 @@ TEST(AutoLevelPolicy, ARateOnlyLevel07CanServeGoesTo07) {
   EXPECT_STRNE(outcomes.back().level_reason, "memory");
 }
 
+// After a burst the level held for throughput comes down as soon as the queue is empty, not one
+// grid step per hysteresis_decisions decisions (which held 0.7 -> 0.35 -> 0 over six batches).
+TEST(AutoLevelPolicy, AfterABurstTheLevelFallsToThePolicysChoiceOnceTheQueueEmpties) {
+  ThroughputFixture f;
+  std::vector<Submitted> burst;
+  for (int i = 0; i < 40; ++i) burst.push_back(submit(*f.scheduler, 64, 0, {}, 2));
+  double highest = 0;
+  for (auto& s : burst) {
+    const auto o = wait(s);
+    ASSERT_EQ(o.status, Status::kOk) << o.message;
+    highest = std::max(highest, o.level);
+  }
+  EXPECT_GT(highest, 0.0);  // the burst was served pruned
+  std::this_thread::sleep_for(2200ms);  // past the 2 s rate window: no arrivals in it
+  auto lone = submit(*f.scheduler, 64, 0, {}, 2);
+  const auto o = wait(lone);
+  ASSERT_EQ(o.status, Status::kOk) << o.message;
+  EXPECT_EQ(o.level, 0.0);
+}
+
+// A level between two calibrated ones is as fast as their times interpolated, not as slow as the
+// one below: a small shortfall at level 0 costs a mild level, not the next calibrated one.
+TEST(AutoLevelPolicy, AnUncalibratedLevelBetweenTwoMeasuredOnesInterpolatesTheirTimes) {
+  const auto t0 = AutoLevelPolicy::Clock::now();
+  AutoLevelConfig config;
+  config.rate_window = 200s;
+  config.rate_min_arrivals = 0;
+  AutoLevelPolicy policy(config);
+  policy.record_batch(0.0, 1, 1, 10.0);  // 0.1 images/s
+  policy.record_batch(0.7, 1, 1, 4.0);   // 0.25 images/s
+  EXPECT_NEAR(*policy.throughput(0.35, 1, 1), 1.0 / 7.0, 1e-9);
+  EXPECT_NEAR(*policy.throughput(0.0, 1, 1), 0.1, 1e-9);
+  EXPECT_NEAR(*policy.throughput(0.9, 1, 1), 0.25, 1e-9);  // above: the highest measured
+  for (int i = 0; i <= 12; ++i) {  // 0.12 images/s: level 0 falls behind, 0.35 keeps up
+    policy.record_arrival(1, t0 + std::chrono::milliseconds(i * 8333));
+  }
+  const auto now = t0 + std::chrono::milliseconds(12 * 8333);
+  const std::vector<AutoLevelPolicy::Option> fitting = {{1, 1, 0.0}, {1, 1, 0.35}, {1, 1, 0.7}};
+  const auto choice = policy.choose(fitting, 0.7, 1, /*queued_images=*/1, now);
+  ASSERT_TRUE(choice);
+  EXPECT_EQ(choice->option.level, 0.35);
+  EXPECT_EQ(choice->reason, LevelReason::kThroughput);
+}
+
 // A slow model (20 s an image at level 0, as SD1.5 on a CPU): one request queued behind the
 // batch does not force pruning when level 0 keeps up with the arrivals; the queue then has
 // drain_batches of level 0's batches to empty, not drain_seconds (10 s, half a batch). A long
