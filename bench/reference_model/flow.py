@@ -108,8 +108,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--skip", default="", help="comma-separated stages to skip: "
                    "samples,gates,eval,fd,tune")
+    p.add_argument("--gate-steps", type=int, help="ldcp train-gates --steps (default: the "
+                   f"preset's, {FULL['gate_steps']})")
     args = p.parse_args()
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.gate_steps:
+        cfg["gate_steps"] = args.gate_steps
     skip = set(filter(None, args.skip.split(",")))
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
