@@ -108,8 +108,8 @@ std::optional<RequestScheduler::Batch> RequestScheduler::plan_auto(
   int64_t queued_images = 0;
   for (const auto& j : queue_) queued_images += images_of(*j);
   const auto choice =
-      policy_.choose(fitting, allowed_of[1], head.params.steps, queued_images, Clock::now(), w * h,
-                     running_batches_ == 0 && sticky_level_ <= 0);
+      policy_.choose(fitting, allowed_of[1], pipelines::steps_run(head.params), queued_images,
+                     Clock::now(), w * h, running_batches_ == 0 && sticky_level_ <= 0);
   if (!choice) return std::nullopt;
   const size_t n = choice->option.requests;
   Batch b;

@@ -34,6 +34,7 @@ std::vector<double> calibrate(Engine& engine, CostModel& costs, const Calibratio
         p.num_images = 1;
         p.pruning =
             level > 0 ? pruning::PruningSchedule::fixed(level) : pruning::PruningSchedule::off();
+        engine.complete_calibration_params(p);
         std::vector<pipelines::GenerationParams> batch(static_cast<size_t>(n), p);
         std::vector<pipelines::GenerationResult> results;
         const auto start = std::chrono::steady_clock::now();

@@ -41,6 +41,10 @@ class Engine {
       const std::vector<pipelines::GenerationParams>& requests,
       const pipelines::StableDiffusionPipeline::BatchStepCallback& callback) = 0;
 
+  // What a calibration run needs beyond the text-to-image fields calibrate() sets: an
+  // inpainting model (9-channel U-Net) an init image and a mask. Default: nothing.
+  virtual void complete_calibration_params(pipelines::GenerationParams& params) const {}
+
   // Measured memory of the engine's device now (allocator statistics).
   virtual runtime::MemoryStats memory() const = 0;
 

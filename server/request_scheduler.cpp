@@ -371,8 +371,8 @@ void RequestScheduler::execute(std::shared_ptr<Batch> batch) {
         if (batch->memory_level == batch->level) {
           const auto& t = first.timings;
           const double fixed = t.total_s > 0 ? std::max(0.0, t.total_s - t.denoising_s) : 0.0;
-          policy_.record_batch(batch->level, batch->images, params[0].steps, run_seconds, fixed,
-                               params[0].width * params[0].height);
+          policy_.record_batch(batch->level, batch->images, pipelines::steps_run(params[0]),
+                               run_seconds, fixed, params[0].width * params[0].height);
         }
       }
     } catch (const OutOfMemory& e) {

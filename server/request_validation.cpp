@@ -138,6 +138,86 @@ std::string quote_prefix(std::string_view s, size_t max_bytes) {
   return out + "\"";
 }
 
+pipelines::ImageLimits request_image_limits(const RequestLimits& lim) {
+  pipelines::ImageLimits l;
+  l.max_width = l.max_height = static_cast<uint32_t>(std::max<int64_t>(lim.max_size, 1));
+  l.max_pixels = static_cast<uint64_t>(lim.max_size) * static_cast<uint64_t>(lim.max_size);
+  l.max_file_bytes = static_cast<uint64_t>(std::max<int64_t>(lim.max_receive_bytes, 0));
+  return l;
+}
+
+namespace {
+
+// init_image and mask_image: decoded (bounded) into `out`, then held to the request's size
+// rules. Errors start with the field's name; image bytes are never quoted.
+std::string decode_request_image(const std::string& bytes, const char* field,
+                                 const RequestLimits& lim, pipelines::RgbImage& out) {
+  if (!pipelines::is_png(bytes) && !pipelines::is_jpeg(bytes)) {
+    return std::string(field) + ": must be a PNG or JPEG file's bytes (" +
+           std::to_string(bytes.size()) + " bytes that are neither)";
+  }
+  try {
+    out = pipelines::decode_image(bytes, field, request_image_limits(lim));
+  } catch (const pipelines::ImageError& e) {
+    return std::string(e.what()) + " (must be a whole PNG or JPEG file of at most " +
+           std::to_string(lim.max_size) + "x" + std::to_string(lim.max_size) + " pixels)";
+  }
+  if (out.width % 8 != 0 || out.height % 8 != 0 || out.width < lim.min_size ||
+      out.height < lim.min_size) {
+    return std::string(field) + ": the image is " + std::to_string(out.width) + "x" +
+           std::to_string(out.height) + "; each side must be a multiple of 8 in [" +
+           std::to_string(lim.min_size) + ", " + std::to_string(lim.max_size) +
+           "] (images are not resized)";
+  }
+  return {};
+}
+
+// The image fields, before width and height: a request with an init image and width or height
+// 0 takes the image's size.
+std::string validate_images(const v1::GenerateRequest& r, const RequestLimits& lim,
+                            ValidatedRequest& p) {
+  if (r.has_strength() && r.init_image().empty()) return "strength: only allowed with init_image";
+  if (!r.mask_image().empty() && r.init_image().empty()) {
+    return "mask_image: only allowed with init_image (inpainting repaints an init image)";
+  }
+  if (r.init_image().empty()) return {};
+  if (r.has_strength()) {
+    const double s = r.strength();
+    if (!(std::isfinite(s) && s > 0.0 && s <= 1.0)) {
+      return "strength: must be in (0, 1], got " + fmt_num(s);
+    }
+    p.strength = s;
+  }
+  if (auto e = decode_request_image(r.init_image(), "init_image", lim, p.init_image); !e.empty()) {
+    return e;
+  }
+  if (!r.mask_image().empty()) {
+    if (auto e = decode_request_image(r.mask_image(), "mask_image", lim, p.mask_image);
+        !e.empty()) {
+      return e;
+    }
+    if (p.mask_image.width != p.init_image.width || p.mask_image.height != p.init_image.height) {
+      return "mask_image: the mask is " + std::to_string(p.mask_image.width) + "x" +
+             std::to_string(p.mask_image.height) + ", init_image " +
+             std::to_string(p.init_image.width) + "x" + std::to_string(p.init_image.height) +
+             " (must be the same size)";
+    }
+  }
+  const uint32_t sizes[2] = {p.init_image.width, p.init_image.height};
+  const uint32_t asked[2] = {r.width(), r.height()};
+  const char* names[2] = {"width", "height"};
+  for (int i = 0; i < 2; ++i) {
+    if (asked[i] != 0 && asked[i] != sizes[i]) {
+      return "init_image: the image is " + std::to_string(sizes[0]) + "x" +
+             std::to_string(sizes[1]) + " but " + names[i] + " is " + std::to_string(asked[i]) +
+             " (must be 0 or the image's; images are not resized)";
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
 int64_t request_work(int64_t width, int64_t height, int64_t images, int64_t steps, bool guided) {
   // Every factor is bounded by its own option (sizes <= 16384, images <= 64, steps <= 1000), so
   // the product stays far below 2^63.
@@ -212,9 +292,14 @@ std::string validate_request(const v1::GenerateRequest& r, const RequestLimits& 
   }
   p.prompt = r.prompt();
   p.negative_prompt = r.negative_prompt();
-  for (auto [name, value, out] :
-       {std::tuple{"width", r.width(), &p.width}, std::tuple{"height", r.height(), &p.height}}) {
-    const int64_t v = value == 0 ? lim.default_size : static_cast<int64_t>(value);
+  if (auto error = validate_images(r, lim, p); !error.empty()) return error;
+  const bool has_image = !p.init_image.pixels.empty();
+  for (auto [name, value, out, image_size] :
+       {std::tuple{"width", r.width(), &p.width, p.init_image.width},
+        std::tuple{"height", r.height(), &p.height, p.init_image.height}}) {
+    const int64_t v = has_image    ? static_cast<int64_t>(image_size)
+                      : value == 0 ? lim.default_size
+                                   : static_cast<int64_t>(value);
     if (v % 8 != 0 || v < lim.min_size || v > lim.max_size) {
       return std::string(name) + ": must be a multiple of 8 in [" + std::to_string(lim.min_size) +
              ", " + std::to_string(lim.max_size) + "] (0: default " +

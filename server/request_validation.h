@@ -5,11 +5,13 @@
 // alone (with ldcp_proto).
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "ldcp/v1/ldcp.pb.h"
+#include "model/pipelines/image_codec.h"
 
 namespace ldcp::server {
 
@@ -57,6 +59,11 @@ struct ValidatedRequest {
   int priority = 0;
   uint32_t preview_every = 0;
   int64_t work = 0;  // request_work of the above
+  // img2img and inpainting: the decoded images (no pixels: not given) and the strength. The
+  // size is the request's width x height (the init image set them when the request left them
+  // 0); the pipeline checks the strength against the steps and the mask against the model.
+  pipelines::RgbImage init_image, mask_image;
+  std::optional<double> strength;
 };
 
 // Checks every field and fills `out`. Returns an empty string when valid, otherwise the message
@@ -64,6 +71,10 @@ struct ValidatedRequest {
 // strings are quoted by quote_prefix only). `random_seed` is used when the request has no seed.
 std::string validate_request(const v1::GenerateRequest& request, const RequestLimits& limits,
                              uint64_t random_seed, ValidatedRequest& out);
+
+// The limits init_image and mask_image are decoded within: at most max_size pixels a side,
+// max_size^2 in all, max_receive_bytes of file (checked on the header, before any allocation).
+pipelines::ImageLimits request_image_limits(const RequestLimits& limits);
 
 // The total work of a request: pixels x images x steps, counted double when guided (guidance
 // scale > 1 runs the U-Net on the conditional and the unconditional batch).

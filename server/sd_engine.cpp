@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
+#include "model/models/unets/unet_2d_condition.h"
 #include "model/pruning/gate_scores.h"
 #include "model/pruning/unet_pruner.h"
 #include "model/schedulers/scheduler.h"
@@ -50,6 +51,14 @@ std::vector<double> SdEngine::budget_levels(double budget, const std::string& sa
   const auto t = scheduler->timesteps().to(torch::kDouble).contiguous();
   const std::vector<double> timesteps(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
   return pruning::levels_for_timesteps(schedule, timesteps);
+}
+
+void SdEngine::complete_calibration_params(pipelines::GenerationParams& p) const {
+  if (pipeline_->unet().config().in_channels != 9) return;
+  // An inpainting model: a grey image, all of it repainted (strength 1: every step runs); the
+  // measured peaks include the VAE encoder's.
+  p.init_image = torch::full({p.height, p.width, 3}, 128, torch::kUInt8);
+  p.mask_image = torch::full({p.height, p.width, 3}, 255, torch::kUInt8);
 }
 
 std::vector<pipelines::GenerationResult> SdEngine::run(

@@ -32,6 +32,7 @@ class SdEngine final : public Engine {
       const std::vector<pipelines::GenerationParams>& requests,
       const pipelines::StableDiffusionPipeline::BatchStepCallback& callback) override;
   runtime::MemoryStats memory() const override { return meter_.stats(); }
+  void complete_calibration_params(pipelines::GenerationParams& params) const override;
   const runtime::LinearChoice& linear_backend() const { return pipeline_->linear_backend_choice(); }
   std::vector<double> budget_levels(double budget, const std::string& sampler,
                                     int64_t steps) const override;

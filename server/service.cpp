@@ -30,6 +30,10 @@ std::string request_to_job(const v1::GenerateRequest& r, const RequestLimits& li
   p.eta = v.eta;
   p.seed = v.seed;
   p.num_images = v.images;
+  // img2img / inpainting: the decoded bytes become the tensors (no copy).
+  if (!v.init_image.pixels.empty()) p.init_image = pipelines::to_tensor(std::move(v.init_image));
+  if (!v.mask_image.pixels.empty()) p.mask_image = pipelines::to_tensor(std::move(v.mask_image));
+  p.strength = v.strength;
   job.priority = v.priority;
   auto& pj = job.pruning;
   using P = ValidatedRequest::Pruning;

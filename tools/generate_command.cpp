@@ -125,6 +125,7 @@ struct GenerateArgs {
   std::optional<double> pruning_below_timestep;
   std::string pruning_steps;
   std::optional<double> pruning_budget;
+  std::string init_image, mask;  // img2img / inpainting
 };
 
 // --pruning-budget: the gates file's learned schedule for that mean FLOPs fraction, mapped onto
@@ -179,6 +180,14 @@ void run_generate(GenerateArgs& args) {
     params.pruning = pruning::PruningSchedule::fixed(*args.pruning_level);
     params.pruning.below_timestep = args.pruning_below_timestep;
   }
+
+  // img2img / inpainting: PNG or JPEG files, not resized (0 width or height: the image's).
+  if (!args.init_image.empty()) {
+    params.init_image = pipelines::read_image(args.init_image);
+    if (params.width == 0) params.width = params.init_image.size(1);
+    if (params.height == 0) params.height = params.init_image.size(0);
+  }
+  if (!args.mask.empty()) params.mask_image = pipelines::read_image(args.mask);
 
   auto pipeline = pipelines::StableDiffusionPipeline::load(args.model, options);
   print_linear_backend(args.linear_backend, *pipeline);
@@ -276,6 +285,21 @@ void add_generate_command(CLI::App& app) {
                    "schedule for it (ldcp tune-schedule)")
       ->excludes(level)
       ->excludes(steps);
+  generate
+      ->add_option("--init-image", gen.init_image,
+                   "img2img: start from this PNG or JPEG (as diffusers' Img2Img pipeline; not "
+                   "resized: --width/--height must be 0 or its size)")
+      ->check(CLI::ExistingFile);
+  generate
+      ->add_option("--strength", gen.params.strength,
+                   "With --init-image: how much of it to re-noise, in (0, 1] (the last "
+                   "int(steps * strength) steps run; default 0.8, with --mask 1.0)")
+      ->check(CLI::Range(0.0, 1.0));
+  generate
+      ->add_option("--mask", gen.mask,
+                   "Inpainting (with --init-image): PNG or JPEG mask of the same size, white "
+                   "repainted (as diffusers' Inpaint pipeline, 4- or 9-channel U-Nets)")
+      ->check(CLI::ExistingFile);
   generate->add_option("--gates", gen.gates, "Gates file with learned scores (ldcp train-gates)")
       ->check(CLI::ExistingFile);
   generate

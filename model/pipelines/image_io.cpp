@@ -47,4 +47,8 @@ at::Tensor read_png(const std::filesystem::path& path, const ImageLimits& limits
   return to_tensor(decode_png(bytes, path.string(), limits));
 }
 
+at::Tensor read_image(const std::filesystem::path& path, const ImageLimits& limits) {
+  return to_tensor(decode_image(read_image_file(path, limits), path.string(), limits));
+}
+
 }  // namespace ldcp::pipelines

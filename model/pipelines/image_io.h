@@ -21,6 +21,10 @@ std::string encode_png(const at::Tensor& rgb);
 // Throws ImageError naming the file when it is malformed or beyond `limits`.
 at::Tensor read_png(const std::filesystem::path& path, const ImageLimits& limits = {});
 
+// Reads a PNG or JPEG (chosen by its first bytes) as uint8 [height, width, 3], bounded as
+// read_png.
+at::Tensor read_image(const std::filesystem::path& path, const ImageLimits& limits = {});
+
 // Decoded RGB bytes as a uint8 tensor [height, width, 3].
 at::Tensor to_tensor(RgbImage image);
 

@@ -11,6 +11,7 @@
 #include "model/clip/tokenization_clip.h"
 #include "model/models/autoencoders/autoencoder_kl.h"
 #include "model/models/unets/unet_2d_condition.h"
+#include "model/pipelines/image_conditioning.h"
 #include "model/pipelines/model_components.h"
 #include "model/pruning/unet_pruner.h"
 #include "model/runtime/flop_counter.h"
@@ -195,6 +196,7 @@ void StableDiffusionPipeline::validate(const GenerationParams& p) const {
   require(std::isfinite(p.eta) && p.eta >= 0, "eta must be a finite number >= 0");
   require(p.num_images >= 1, "num_images must be at least 1, got " + std::to_string(p.num_images));
   p.pruning.validate();
+  validate_image_params(p, parts_->unet->config().in_channels);
   const auto& names = schedulers::sampler_names();
   if (std::find(names.begin(), names.end(), p.sampler) == names.end()) {
     std::string known;
@@ -221,9 +223,14 @@ at::Tensor StableDiffusionPipeline::encode_prompt(const std::string& prompt,
 }
 
 bool batchable(const GenerationParams& a, const GenerationParams& b) {
+  // The first step an init image's run takes; -1 for text-to-image.
+  auto start = [](const GenerationParams& p) -> int64_t {
+    return p.init_image.defined() ? first_denoising_step(p.steps, effective_strength(p)) : -1;
+  };
   return a.width == b.width && a.height == b.height && a.steps == b.steps &&
          a.sampler == b.sampler && a.eta == b.eta &&
-         (a.guidance_scale > 1.0) == (b.guidance_scale > 1.0) && a.pruning == b.pruning;
+         (a.guidance_scale > 1.0) == (b.guidance_scale > 1.0) && a.pruning == b.pruning &&
+         a.mask_image.defined() == b.mask_image.defined() && start(a) == start(b);
 }
 
 GenerationResult StableDiffusionPipeline::generate(const GenerationParams& params,
@@ -240,7 +247,8 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
     validate(r);
     if (!batchable(requests.front(), r)) {
       throw std::invalid_argument(
-          "requests in one batch must share size, steps, sampler, guidance on/off and pruning");
+          "requests in one batch must share size, steps, sampler, guidance on/off, pruning, "
+          "kind (text-to-image, img2img, inpainting) and strength's first step");
     }
   }
   torch::NoGradGuard no_grad;
@@ -261,12 +269,14 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
     at::Tensor embeddings, latents;
     std::unique_ptr<schedulers::Scheduler> scheduler;
     at::Generator generator;
+    ImageConditioning conditioning;  // img2img and inpainting
     bool active = true;
   };
   std::vector<Slot> slots(count);
   const int64_t scale = vae_scale_factor();
   const auto& unet_config = parts_->unet->config();
   at::Tensor timesteps;
+  int64_t first_step = 0;  // > 0: an init image's run starts part way (strength)
   for (size_t r = 0; r < count; ++r) {
     const auto& p = requests[r];
     auto& slot = slots[r];
@@ -278,9 +288,25 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
     slot.scheduler =
         schedulers::make_scheduler(p.sampler, parts_->scheduler_config, sampler_options);
     slot.scheduler->set_timesteps(p.steps);
+    slot.generator = at::make_generator<at::CPUGeneratorImpl>(p.seed);
+    if (p.init_image.defined()) {
+      // img2img / inpainting: the sampler's timesteps cut by strength (get_timesteps).
+      const int64_t start = first_denoising_step(p.steps, effective_strength(p));
+      slot.scheduler->set_begin_index(start);
+      if (r == 0) {
+        timesteps = slot.scheduler->timesteps().slice(0, start);
+        first_step = start;
+      }
+      const auto image_start = Clock::now();
+      slot.latents =
+          prepare_image_latents(p, *parts_->vae, *slot.scheduler,
+                                slot.scheduler->timesteps()[start], unet_config.in_channels, guided,
+                                slot.generator, opts.dtype, opts.device, slot.conditioning);
+      results[r].timings.image_encoding_s = seconds_since(image_start);
+      continue;
+    }
     if (r == 0) timesteps = slot.scheduler->timesteps();
     // As diffusers' randn_tensor with a CPU generator: drawn on the CPU in the target dtype.
-    slot.generator = at::make_generator<at::CPUGeneratorImpl>(p.seed);
     slot.latents =
         at::randn({p.num_images, unet_config.in_channels, p.height / scale, p.width / scale},
                   slot.generator, at::TensorOptions().dtype(opts.dtype))
@@ -297,7 +323,8 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
   for (int64_t i = 0; i < num_steps; ++i) {
     const auto t = timesteps[i];
     const double t_value = t.item<double>();
-    const double level = first.pruning.level_at(i, t_value);
+    // Indexed in the full schedule: an init image's step keeps its level whatever the strength.
+    const double level = first.pruning.level_at(first_step + i, t_value);
     auto plan_it = plans.find(level);
     if (plan_it == plans.end()) plan_it = plans.emplace(level, parts_->pruner->plan(level)).first;
     const auto& plan = plan_it->second;
@@ -308,7 +335,7 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
       active.push_back(r);
       auto& slot = slots[r];
       auto input = guided ? torch::cat({slot.latents, slot.latents}) : slot.latents;
-      inputs.push_back(slot.scheduler->scale_model_input(input, t));
+      inputs.push_back(slot.conditioning.unet_input(slot.scheduler->scale_model_input(input, t)));
       embeddings.push_back(slot.embeddings);
     }
     if (active.empty()) break;
@@ -356,6 +383,7 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
           noise = rescale_noise_cfg(noise, noise_text, p.guidance_rescale);
       }
       slot.latents = slot.scheduler->step(noise, t, slot.latents, slot.generator);
+      slot.latents = slot.conditioning.after_step(slot.latents, *slot.scheduler, timesteps, i);
       results[r].timesteps.push_back(t_value);
       results[r].step_levels.push_back(level);
       if (callback && !callback(r, StepInfo{i, num_steps, t_value, &slot.latents})) {

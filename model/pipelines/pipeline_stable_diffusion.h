@@ -4,6 +4,7 @@
 // batch), initial latents drawn like torch.Generator("cpu").manual_seed(seed), the chosen
 // sampler, VAE decoding one image at a time.
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -43,10 +44,38 @@ struct GenerationParams {
   uint64_t seed = 0;
   int64_t num_images = 1;
   pruning::PruningSchedule pruning;  // the U-Net's pruning level per step (default: off)
+  // img2img and inpainting (image_conditioning.h): an RGB init image, uint8 [height, width, 3]
+  // (undefined: text-to-image); how much of it is re-noised, in (0, 1] (diffusers' strength:
+  // the run takes the last int(steps * strength) of the sampler's steps; unset: diffusers'
+  // defaults, 0.8 for img2img, 1.0 for inpainting); and a mask of the same size (white:
+  // repaint, black: keep; undefined: img2img). A per-step pruning schedule is indexed by the
+  // position in the sampler's full schedule, so step k keeps its level whatever the strength.
+  at::Tensor init_image;
+  std::optional<double> strength;
+  at::Tensor mask_image;
 };
 
+// The strength a request runs at: its own, else diffusers' default for its kind.
+inline double effective_strength(const GenerationParams& p) {
+  return p.strength.value_or(p.mask_image.defined() ? 1.0 : 0.8);
+}
+
+// diffusers' get_timesteps (every sampler here has order 1): the position in the sampler's
+// timesteps of the first step an init image's run takes, max(steps - int(steps * strength), 0).
+inline int64_t first_denoising_step(int64_t steps, double strength) {
+  const auto init_steps = static_cast<int64_t>(static_cast<double>(steps) * strength);
+  return std::max<int64_t>(steps - std::min(init_steps, steps), 0);
+}
+
+// The steps of `steps` a request runs: all, less those an init image's strength skips.
+inline int64_t steps_run(const GenerationParams& p) {
+  return p.init_image.defined() ? p.steps - first_denoising_step(p.steps, effective_strength(p))
+                                : p.steps;
+}
+
 // Requests that can share one U-Net batch: same size, steps, sampler (and eta), guidance on or
-// off, and pruning schedule. Prompts, seeds, guidance scales and image counts may differ.
+// off, and pruning schedule; and the same kind (text-to-image, img2img, inpainting) starting at
+// the same step (strength). Prompts, seeds, guidance scales, image counts and images may differ.
 bool batchable(const GenerationParams& a, const GenerationParams& b);
 
 // What a step callback sees; returning false stops the run after that step.
@@ -60,6 +89,7 @@ using StepCallback = std::function<bool(const StepInfo&)>;
 
 struct GenerationTimings {
   double text_encoding_s = 0, denoising_s = 0, decoding_s = 0, total_s = 0;
+  double image_encoding_s = 0;  // img2img / inpainting: the VAE encoder's
 };
 
 struct GenerationResult {

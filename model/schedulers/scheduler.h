@@ -38,6 +38,19 @@ class Scheduler {
   // draw noise exactly as diffusers' randn_tensor does on the CPU.
   virtual at::Tensor step(const at::Tensor& model_output, const at::Tensor& timestep,
                           const at::Tensor& sample, std::optional<at::Generator> generator) = 0;
+  // diffusers' set_begin_index(begin_index), called after set_timesteps: the position in
+  // timesteps() of the first step the pipeline runs (img2img and inpainting start where their
+  // strength leaves off). The step index then starts there instead of at the position of the
+  // first timestep passed to step(). PNDM and DDIM, which have no step index (nor the method in
+  // diffusers), ignore it.
+  virtual void set_begin_index(int64_t begin_index) {}
+  // diffusers' add_noise(original_samples, noise, timesteps) with one timestep for the whole
+  // batch (one of timesteps()): `original` diffused forward to that noise level. PNDM, DDIM:
+  // sqrt(alphas_cumprod[t]) * x + sqrt(1 - alphas_cumprod[t]) * noise; the sigma samplers take
+  // the sigma at the current step index, else the begin index, else the timestep's position,
+  // as diffusers' do.
+  virtual at::Tensor add_noise(const at::Tensor& original, const at::Tensor& noise,
+                               const at::Tensor& timestep) const = 0;
   // The diffusers class this sampler reproduces, e.g. "DPMSolverMultistepScheduler".
   virtual std::string name() const = 0;
 };

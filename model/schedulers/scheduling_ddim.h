@@ -35,6 +35,10 @@ class DDIMScheduler final : public Scheduler {
   }
   at::Tensor step(const at::Tensor& model_output, const at::Tensor& timestep,
                   const at::Tensor& sample, std::optional<at::Generator> generator) override;
+  at::Tensor add_noise(const at::Tensor& original, const at::Tensor& noise,
+                       const at::Tensor& timestep) const override {
+    return ddpm_add_noise(alphas_cumprod_, original, noise, timestep);
+  }
   std::string name() const override { return "DDIMScheduler"; }
 
   const DDIMSchedulerConfig& config() const { return config_; }

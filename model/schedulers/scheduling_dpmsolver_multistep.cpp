@@ -171,6 +171,18 @@ void DPMSolverMultistepScheduler::set_timesteps(int64_t num_inference_steps) {
   model_outputs_.assign(static_cast<size_t>(config_.solver_order), at::Tensor());
   lower_order_nums_ = 0;
   step_index_.reset();
+  begin_index_.reset();
+}
+
+at::Tensor DPMSolverMultistepScheduler::add_noise(const at::Tensor& original,
+                                                  const at::Tensor& noise,
+                                                  const at::Tensor& timestep) const {
+  const auto sigmas = sigmas_.to(original.device(), original.scalar_type());
+  const int64_t i = !begin_index_ ? index_for_timestep(timestep)
+                    : step_index_ ? *step_index_
+                                  : *begin_index_;
+  const auto [alpha_t, sigma_t] = sigma_to_alpha_sigma_t(sigmas[i]);
+  return alpha_t * original + sigma_t * noise;
 }
 
 int64_t DPMSolverMultistepScheduler::index_for_timestep(const at::Tensor& timestep) const {
@@ -358,7 +370,7 @@ at::Tensor DPMSolverMultistepScheduler::step(const at::Tensor& model_output_in,
   if (num_inference_steps_ == 0) {
     throw std::logic_error(name() + ": call set_timesteps before step");
   }
-  if (!step_index_) step_index_ = index_for_timestep(timestep);
+  if (!step_index_) step_index_ = begin_index_ ? *begin_index_ : index_for_timestep(timestep);
   const int64_t i = *step_index_;
   const auto count = timesteps_.size(0);
 

@@ -50,6 +50,9 @@ class DPMSolverMultistepScheduler final : public Scheduler {
   }
   at::Tensor step(const at::Tensor& model_output, const at::Tensor& timestep,
                   const at::Tensor& sample, std::optional<at::Generator> generator) override;
+  void set_begin_index(int64_t begin_index) override { begin_index_ = begin_index; }
+  at::Tensor add_noise(const at::Tensor& original, const at::Tensor& noise,
+                       const at::Tensor& timestep) const override;
   std::string name() const override { return "DPMSolverMultistepScheduler"; }
 
   const DPMSolverMultistepSchedulerConfig& config() const { return config_; }
@@ -71,6 +74,7 @@ class DPMSolverMultistepScheduler final : public Scheduler {
   std::vector<at::Tensor> model_outputs_;  // the last solver_order converted outputs
   int64_t lower_order_nums_ = 0;
   std::optional<int64_t> step_index_;
+  std::optional<int64_t> begin_index_;  // set_begin_index; reset by set_timesteps
 };
 
 }  // namespace ldcp::schedulers

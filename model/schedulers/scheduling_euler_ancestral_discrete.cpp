@@ -89,10 +89,20 @@ void EulerAncestralDiscreteScheduler::set_timesteps(int64_t num_inference_steps)
   sigmas_ = torch::tensor(sigmas32, torch::kFloat32);
   timesteps_ = torch::tensor(timesteps, torch::kFloat32);
   step_index_.reset();
+  begin_index_.reset();
 }
 
 void EulerAncestralDiscreteScheduler::init_step_index(const at::Tensor& timestep) {
-  step_index_ = index_for_timestep(timesteps_, timestep, name());
+  step_index_ = begin_index_ ? *begin_index_ : index_for_timestep(timesteps_, timestep, name());
+}
+
+at::Tensor EulerAncestralDiscreteScheduler::add_noise(const at::Tensor& original,
+                                                      const at::Tensor& noise,
+                                                      const at::Tensor& timestep) const {
+  const auto sigmas = sigmas_.to(original.device(), original.scalar_type());
+  const auto sigma =
+      sigmas[add_noise_index(begin_index_, step_index_, timesteps_, timestep, name())];
+  return original + noise * sigma;
 }
 
 at::Tensor EulerAncestralDiscreteScheduler::scale_model_input(const at::Tensor& sample,

@@ -29,6 +29,9 @@ class EulerAncestralDiscreteScheduler final : public Scheduler {
   at::Tensor scale_model_input(const at::Tensor& sample, const at::Tensor& timestep) override;
   at::Tensor step(const at::Tensor& model_output, const at::Tensor& timestep,
                   const at::Tensor& sample, std::optional<at::Generator> generator) override;
+  void set_begin_index(int64_t begin_index) override { begin_index_ = begin_index; }
+  at::Tensor add_noise(const at::Tensor& original, const at::Tensor& noise,
+                       const at::Tensor& timestep) const override;
   std::string name() const override { return "EulerAncestralDiscreteScheduler"; }
 
   const EulerAncestralDiscreteSchedulerConfig& config() const { return config_; }
@@ -42,6 +45,7 @@ class EulerAncestralDiscreteScheduler final : public Scheduler {
   int64_t num_inference_steps_ = 0;
   at::Tensor timesteps_, sigmas_;
   std::optional<int64_t> step_index_;
+  std::optional<int64_t> begin_index_;  // set_begin_index; reset by set_timesteps
 };
 
 }  // namespace ldcp::schedulers

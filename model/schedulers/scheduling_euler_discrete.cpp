@@ -125,10 +125,19 @@ void EulerDiscreteScheduler::set_timesteps(int64_t num_inference_steps) {
     timesteps_ = torch::tensor(ts32, torch::kFloat32);
   }
   step_index_.reset();
+  begin_index_.reset();
 }
 
 void EulerDiscreteScheduler::init_step_index(const at::Tensor& timestep) {
-  step_index_ = index_for_timestep(timesteps_, timestep, name());
+  step_index_ = begin_index_ ? *begin_index_ : index_for_timestep(timesteps_, timestep, name());
+}
+
+at::Tensor EulerDiscreteScheduler::add_noise(const at::Tensor& original, const at::Tensor& noise,
+                                             const at::Tensor& timestep) const {
+  const auto sigmas = sigmas_.to(original.device(), original.scalar_type());
+  const auto sigma =
+      sigmas[add_noise_index(begin_index_, step_index_, timesteps_, timestep, name())];
+  return original + noise * sigma;
 }
 
 at::Tensor EulerDiscreteScheduler::scale_model_input(const at::Tensor& sample,

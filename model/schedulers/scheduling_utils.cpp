@@ -144,6 +144,22 @@ int64_t index_for_timestep(const at::Tensor& schedule, const at::Tensor& timeste
   return indices[count > 1 ? 1 : 0].item<int64_t>();
 }
 
+at::Tensor ddpm_add_noise(const at::Tensor& alphas_cumprod, const at::Tensor& original,
+                          const at::Tensor& noise, const at::Tensor& timestep) {
+  const auto alpha_prod = alphas_cumprod.to(original.device(), original.scalar_type())
+                              .index_select(0, timestep.reshape({1}).to(original.device()));
+  const auto sqrt_alpha_prod = alpha_prod.pow(0.5).reshape({1, 1, 1, 1});
+  const auto sqrt_one_minus_alpha_prod = (1 - alpha_prod).pow(0.5).reshape({1, 1, 1, 1});
+  return sqrt_alpha_prod * original + sqrt_one_minus_alpha_prod * noise;
+}
+
+int64_t add_noise_index(const std::optional<int64_t>& begin_index,
+                        const std::optional<int64_t>& step_index, const at::Tensor& schedule,
+                        const at::Tensor& timestep, const std::string& class_name) {
+  if (!begin_index) return index_for_timestep(schedule, timestep, class_name);
+  return step_index ? *step_index : *begin_index;
+}
+
 std::vector<float> to_float_vector(const at::Tensor& tensor) {
   auto t = tensor.to(torch::kCPU, torch::kFloat32).contiguous();
   return {t.data_ptr<float>(), t.data_ptr<float>() + t.numel()};

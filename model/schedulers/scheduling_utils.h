@@ -57,6 +57,18 @@ at::Tensor randn_tensor(at::IntArrayRef shape, std::optional<at::Generator> gene
 int64_t index_for_timestep(const at::Tensor& schedule, const at::Tensor& timestep,
                            const std::string& class_name);
 
+// PNDMScheduler/DDIMScheduler.add_noise at one timestep: sqrt(alphas_cumprod[t]) * original +
+// sqrt(1 - alphas_cumprod[t]) * noise, alphas_cumprod in the samples' dtype as diffusers casts it.
+at::Tensor ddpm_add_noise(const at::Tensor& alphas_cumprod, const at::Tensor& original,
+                          const at::Tensor& noise, const at::Tensor& timestep);
+
+// The sigma index the sigma samplers' add_noise takes (EulerDiscreteScheduler.add_noise):
+// without a begin index, `timestep`'s position in `schedule`; after a step, the step index;
+// before the first step, the begin index.
+int64_t add_noise_index(const std::optional<int64_t>& begin_index,
+                        const std::optional<int64_t>& step_index, const at::Tensor& schedule,
+                        const at::Tensor& timestep, const std::string& class_name);
+
 // A 1-D float32 tensor's values (numpy's view of `np.array(tensor)`).
 std::vector<float> to_float_vector(const at::Tensor& tensor);
 

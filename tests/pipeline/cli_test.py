@@ -4,6 +4,8 @@
   gives diffusers' image;
 - `ldcp generate` on a folder written by diffusers' save_pretrained gives the same PNG as
   diffusers' StableDiffusionPipeline for the same seed, sampler, steps, guidance and size;
+- `--init-image`, `--strength`, `--mask` give diffusers' Img2Img / Inpaint images
+  (ref_img2img.py's cases), and their bad values an error naming the field;
 - several images, and bad options or folders: a one-line error and a non-zero exit.
 """
 
@@ -62,6 +64,50 @@ def compare_with_diffusers(binary, model, out_dir, tag, sampler="pndm"):
     check(diff.mean() <= 0.5, f"{tag}: mean pixel difference {diff.mean()} > 0.5/255")
 
 
+def img2img_against_diffusers(binary, parity_dir, tmp):
+    """--init-image, --strength and --mask on cases of ref_img2img.py (diffusers' Img2Img and
+    Inpaint pipelines), and their errors."""
+    import json
+
+    from safetensors.torch import load_file
+
+    ref = parity_dir / "ref" / "img2img"
+    cases = {c["name"]: c for c in json.loads((ref / "cases.json").read_text())}
+    images = load_file(str(ref / "images.safetensors"))
+    for name in ("img2img-pndm-0.6", "inpaint4-pndm-1.0", "inpaint9-euler-1.0"):
+        c = cases[name]
+        out = tmp / f"{name}.png"
+        args = ["generate", "--model", parity_dir / "models" / c["model"], "--prompt", c["prompt"],
+                "--out", out, "--steps", c["steps"], "--guidance", c["guidance_scale"], "--seed",
+                c["seed"], "--sampler", c["sampler"], "--init-image", ref / c["init_image"],
+                "--strength", c["strength"]]
+        if c["mask_image"]:
+            args += ["--mask", ref / c["mask_image"]]
+        run = ldcp(binary, *args)
+        check(run.returncode == 0, f"{name}: ldcp generate failed: {run.stderr}")
+        if run.returncode != 0:
+            continue
+        ours = np.asarray(Image.open(out).convert("RGB"), dtype=np.int16)
+        expected = (images[name][0].numpy() * 255).round().astype(np.int16)
+        diff = np.abs(ours - expected)
+        print(f"{name}: max |diff| {diff.max()}/255, mean {diff.mean():.4f}/255")
+        check(ours.shape == expected.shape and diff.max() <= 2 and diff.mean() <= 0.5,
+              f"{name}: {ours.shape} vs {expected.shape}, max {diff.max()}, mean {diff.mean()}")
+    base = ["generate", "--model", parity_dir / "models" / "tiny-a", "--prompt", "p", "--out",
+            tmp / "x.png", "--steps", 4]
+    init = ["--init-image", ref / "init.png"]
+    expect_error(binary, "strength without init", *base, "--strength", 0.5, mentions="strength")
+    expect_error(binary, "mask without init", *base, "--mask", ref / "mask.png",
+                 mentions="mask_image")
+    expect_error(binary, "strength 0", *base, *init, "--strength", 0, mentions="strength")
+    expect_error(binary, "strength too small", *base, *init, "--strength", 0.1,
+                 mentions="strength")
+    expect_error(binary, "init size", *base, *init, "--width", 128, mentions="init_image")
+    (tmp / "not-an-image.png").write_text("hello")
+    expect_error(binary, "bad init image", *base, "--init-image", tmp / "not-an-image.png",
+                 mentions="neither a PNG nor a JPEG")
+
+
 def expect_error(binary, tag, *args, mentions=""):
     run = ldcp(binary, *args)
     lines = [line for line in run.stderr.strip().splitlines() if line.strip()]
@@ -116,6 +162,7 @@ def main():
         check(not (tmp / "many.png").exists(), "many.png should not exist with --num-images 2")
 
         dtype_default(binary, demo, tmp)
+        img2img_against_diffusers(binary, args.parity_dir, tmp)
 
         base = ["generate", "--model", demo, "--out", tmp / "x.png"]
         expect_error(binary, "missing prompt", *base, mentions="--prompt")

@@ -13,6 +13,7 @@
 
 #include "model/io/json_file.h"
 #include "model/io/safetensors.h"
+#include "model/pipelines/image_io.h"
 #include "model/pipelines/pipeline_stable_diffusion.h"
 #include "model/runtime/dtype.h"
 #include "tests/common/test_util.h"
@@ -117,6 +118,13 @@ void check_pipeline_cases(const std::string& part, const PipelineRun& run) {
     p.eta = c.at("eta");
     p.seed = c.at("seed");
     p.num_images = c.at("num_images");
+    // img2img and inpainting cases (ref_img2img.py): PNG files beside the references.
+    if (c.contains("init_image")) {
+      p.init_image = pipelines::read_png(ref / c.at("init_image").get<std::string>());
+      p.strength = c.at("strength").get<double>();
+      const std::string mask = c.at("mask_image");
+      if (!mask.empty()) p.mask_image = pipelines::read_png(ref / mask);
+    }
     const auto result = loaded[model]->generate(p);
     const auto& expected = images.at(name);
     ASSERT_EQ(result.images.sizes(), expected.sizes());

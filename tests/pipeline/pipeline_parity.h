@@ -38,7 +38,8 @@ struct PipelineRun {
 // LDCP_TEST_DTYPE; the reference dtype is the run's for bf16, else fp32.
 PipelineRun pipeline_run_from_env(std::optional<c10::ScalarType> forced_dtype = std::nullopt);
 
-// Runs every case in ${LDCP_PARITY_DIR}/ref/<part>/cases.json on `run`'s device and dtype.
+// Runs every case in ${LDCP_PARITY_DIR}/ref/<part>/cases.json on `run`'s device and dtype
+// (cases with init_image / mask_image / strength run img2img or inpainting on those PNGs).
 void check_pipeline_cases(const std::string& part, const PipelineRun& run);
 inline void check_pipeline_cases(const std::string& part) {
   check_pipeline_cases(part, pipeline_run_from_env());

@@ -193,7 +193,38 @@ class T02Generate(unittest.TestCase):
         self.assertEqual(lib.png_size(events[-1].result.images[0].data), (SIZE, SIZE))
 
 
+def png(width, height, seed=0, mask=False):
+    """PNG bytes: a noisy picture, or a mask (a white rectangle on black)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    if mask:
+        pixels = np.zeros((height, width, 3), np.uint8)
+        pixels[height // 4:3 * height // 4, width // 4:3 * width // 4] = 255
+    else:
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(out, format="PNG")
+    return out.getvalue()
+
+
+INIT = png(SIZE, SIZE, seed=1)
+MASK = png(SIZE, SIZE, mask=True)
+
 BAD_FIELDS = [
+    ("init_image", dict(init_image=b"\x89PNG but not really")),
+    ("init_image", dict(init_image=INIT[:100])),
+    ("init_image", dict(init_image=png(64, 64))),  # not the request's SIZE x SIZE
+    ("init_image", dict(init_image=png(2048, 8))),  # beyond --max-size: refused from the header
+    ("strength", dict(init_image=INIT, strength=1.5)),
+    ("strength", dict(init_image=INIT, strength=0.1)),  # int(4 * 0.1) = 0 steps
+    ("strength", dict(strength=0.5)),
+    ("mask_image", dict(mask_image=MASK)),
+    ("mask_image", dict(init_image=INIT, mask_image=png(64, 64, mask=True))),
+    ("mask_image", dict(init_image=INIT, mask_image=b"GIF89a")),
     ("width", dict(width=65)),
     ("width", dict(width=4096)),
     ("height", dict(height=12)),
@@ -381,6 +412,31 @@ class T06Client(unittest.TestCase):
         r = self.run_client("health", "--target", f"127.0.0.1:{lib.free_port()}", "--timeout", 1)
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("UNAVAILABLE", r.stderr + r.stdout + "UNAVAILABLE" * ("DEADLINE" in r.stderr))
+
+
+class T07Img2Img(unittest.TestCase):
+    """img2img and inpainting over the API (parity with diffusers: test_img2img_parity)."""
+
+    def test_img2img_runs_the_steps_strength_leaves(self):
+        off = pb.Pruning(mode=pb.PRUNING_MODE_OFF)
+        a = generate(request(init_image=INIT, strength=0.5, seed=3, pruning=off))
+        self.assertEqual(lib.png_size(a.images[0].data), (SIZE, SIZE))
+        self.assertEqual(len(a.step_levels), STEPS // 2)  # int(4 * 0.5)
+        b = generate(request(init_image=INIT, strength=0.5, seed=3, pruning=off, width=0,
+                             height=0))  # 0: the image's size
+        self.assertEqual(a.images[0].data, b.images[0].data)
+        text = generate(request(seed=3, pruning=off))
+        self.assertNotEqual(a.images[0].data, text.images[0].data)
+        fixed = generate(request(init_image=INIT, strength=0.75, seed=3, pruning=pb.Pruning(
+            mode=pb.PRUNING_MODE_FIXED, per_step_levels=[0.0, 0.35, 0.0, 0.7])))
+        self.assertEqual(list(fixed.step_levels), [0.35, 0.0, 0.7])  # steps 1..3 of 4
+
+    def test_inpainting(self):
+        resp = generate(request(init_image=INIT, mask_image=MASK, seed=5))
+        self.assertEqual(lib.png_size(resp.images[0].data), (SIZE, SIZE))
+        self.assertEqual(len(resp.step_levels), STEPS)  # strength 1.0 by default
+        events = stream(request(init_image=INIT, mask_image=MASK, strength=0.5, seed=5))
+        self.assertEqual(events[-1].result.images[0].mime_type, "image/png")
 
 
 METRICS = ["ldcp_requests_total", "ldcp_request_duration_seconds_bucket",

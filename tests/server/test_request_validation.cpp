@@ -1,6 +1,8 @@
 // Request parsing and validation (server/request_validation.h), without libtorch: what a bad
 // request may make the server say or log, the work bound, and bytes protobuf cannot parse.
 
+#include <cmath>
+
 #include <gtest/gtest.h>
 
 #include "server/request_validation.h"
@@ -178,6 +180,97 @@ TEST(ParseRequest, GarbageAndInvalidUtf8AreNamed) {
   // Field 10 (pruning), length 1: a truncated varint inside.
   EXPECT_FALSE(parse_request(std::string("\x52\x01\x08", 3), r, error));
   EXPECT_EQ(error, prefix + "field pruning is not a valid ldcp.v1.Pruning");
+}
+
+// ---- img2img and inpainting: init_image, strength, mask_image ----
+
+std::string png(uint32_t width, uint32_t height, uint8_t value = 128) {
+  const std::vector<uint8_t> rgb(size_t{width} * height * 3, value);
+  return pipelines::encode_png(rgb.data(), width, height);
+}
+
+v1::GenerateRequest img2img(uint32_t width = 64, uint32_t height = 96) {
+  auto r = valid();
+  r.set_width(0);
+  r.set_height(0);
+  r.set_init_image(png(width, height));
+  return r;
+}
+
+// The message starts with the field, and is short whatever the input's size.
+void expect_field_error(const v1::GenerateRequest& r, const std::string& start) {
+  const auto error = check(r);
+  EXPECT_EQ(error.rfind(start, 0), 0u) << error;
+  EXPECT_LT(error.size(), 300u) << error;
+}
+
+TEST(RequestValidation, InitImageSetsTheSizeAndIsDecoded) {
+  ValidatedRequest v;
+  auto r = img2img();
+  ASSERT_EQ(validate_request(r, limits(), 7, v), "");
+  EXPECT_EQ(v.width, 64);
+  EXPECT_EQ(v.height, 96);
+  EXPECT_EQ(v.init_image.pixels.size(), 64u * 96 * 3);
+  EXPECT_FALSE(v.strength.has_value());  // the pipeline's default for the kind
+  EXPECT_EQ(v.work, request_work(64, 96, 1, 20, true));
+  r.set_width(64);  // the image's own size may be given
+  r.set_strength(1.0);
+  r.set_mask_image(png(64, 96, 255));
+  ASSERT_EQ(validate_request(r, limits(), 7, v), "");
+  EXPECT_EQ(v.strength, 1.0);
+  EXPECT_EQ(v.mask_image.width, 64u);
+}
+
+TEST(RequestValidation, BadImagesAreInvalidArgumentNamingTheField) {
+  auto r = img2img();
+  r.set_init_image(std::string(100000, 'x'));
+  expect_field_error(r, "init_image: must be a PNG or JPEG");
+  r.set_init_image(png(64, 64).substr(0, 60));  // truncated
+  expect_field_error(r, "init_image: ");
+  r.set_init_image("\xFF\xD8\xFF" + std::string(50, '\0'));  // a JPEG's start, then nothing
+  expect_field_error(r, "init_image: ");
+  r.set_init_image(png(60, 64));
+  expect_field_error(r, "init_image: the image is 60x64; each side must be a multiple of 8");
+  r.set_init_image(png(32, 64));  // below --min-size 64
+  expect_field_error(r, "init_image: the image is 32x64");
+  r = img2img(64, 64);
+  r.set_width(128);
+  expect_field_error(r, "init_image: the image is 64x64 but width is 128");
+  r = img2img();
+  r.set_mask_image("not an image");
+  expect_field_error(r, "mask_image: must be a PNG or JPEG");
+  r.set_mask_image(png(64, 64));
+  expect_field_error(r, "mask_image: the mask is 64x64, init_image 64x96");
+}
+
+TEST(RequestValidation, ImagesBeyondTheSizeBoundAreRefusedFromTheHeader) {
+  auto l = limits();
+  l.max_size = 256;
+  auto r = img2img();
+  r.set_init_image(png(264, 64));
+  const auto error = check(r, l);
+  // libpng's user limits (set from ImageLimits) refuse it while reading the header.
+  EXPECT_EQ(error.rfind("init_image: ", 0), 0u) << error;
+  EXPECT_NE(error.find("exceeds user limit"), std::string::npos) << error;
+  EXPECT_NE(error.find("at most 256x256 pixels"), std::string::npos) << error;
+  const auto bounds = request_image_limits(l);
+  EXPECT_EQ(bounds.max_width, 256u);
+  EXPECT_EQ(bounds.max_pixels, 256u * 256u);
+  EXPECT_EQ(bounds.max_file_bytes, static_cast<uint64_t>(l.max_receive_bytes));
+}
+
+TEST(RequestValidation, StrengthAndMaskNeedAnInitImageAndStrengthIsInRange) {
+  auto r = valid();
+  r.set_strength(0.5);
+  expect_field_error(r, "strength: only allowed with init_image");
+  r = valid();
+  r.set_mask_image(png(512, 512));
+  expect_field_error(r, "mask_image: only allowed with init_image");
+  for (double bad : {0.0, -0.1, 1.5, std::nan(""), HUGE_VAL}) {
+    r = img2img();
+    r.set_strength(bad);
+    expect_field_error(r, "strength: must be in (0, 1]");
+  }
 }
 
 }  // namespace
