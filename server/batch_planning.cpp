@@ -21,9 +21,8 @@ double RequestScheduler::allowed_max(const Job& job) const {
 }
 
 int64_t RequestScheduler::job_cost_floor(const Job& job) const {
-  const double level = job.pruning.mode == PruningRequest::Mode::kAuto
-                           ? allowed_max(job)
-                           : peak_level(job.pruning.schedule);
+  const double level =
+      job.pruning.mode == PruningRequest::Mode::kAuto ? allowed_max(job) : peak_level(job);
   return costs_.estimate(images_of(job), job.params.width, job.params.height, level, guided(job));
 }
 
@@ -78,7 +77,7 @@ std::optional<RequestScheduler::Batch> RequestScheduler::plan(
     b.guided = guided(head);
     b.schedule = head.pruning.schedule;
     b.level = b.schedule.max_level();
-    b.memory_level = peak_level(b.schedule);
+    b.memory_level = peak_level(head);  // batchable jobs share the schedule and first step
     b.reserved = costs_.estimate(b.images, w, h, b.memory_level, b.guided);
     if (b.reserved <= free) return b;
   }

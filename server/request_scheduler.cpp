@@ -142,14 +142,13 @@ void RequestScheduler::submit(std::shared_ptr<Job> job) {
       }
       const int64_t capacity = budget_.capacity_bytes();
       if (need > capacity) {
-        reject = failure(Status::kResourceExhausted,
-                         "the request needs about " + std::to_string(need) +
-                             " bytes even at pruning level " +
-                             level_label(job->pruning.mode == PruningRequest::Mode::kAuto
-                                             ? allowed_max(*job)
-                                             : peak_level(job->pruning.schedule)) +
-                             " (the most it accepts), more than the " + std::to_string(capacity) +
-                             " bytes the memory budget allows");
+        reject = failure(
+            Status::kResourceExhausted,
+            "the request needs about " + std::to_string(need) + " bytes even at pruning level " +
+                level_label(job->pruning.mode == PruningRequest::Mode::kAuto ? allowed_max(*job)
+                                                                             : peak_level(*job)) +
+                " (the most it accepts), more than the " + std::to_string(capacity) +
+                " bytes the memory budget allows");
       } else {
         job->seq = next_seq_++;
         auto pos =

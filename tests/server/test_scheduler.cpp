@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include "server/scheduler_batch.h"
 #include "tests/server/scheduler_fixture.h"
 
 namespace ldcp::server {
@@ -385,6 +386,23 @@ TEST(Scheduler, AbortAllStopsRunningAndQueued) {
   f.scheduler->abort_all("shutting down");
   EXPECT_EQ(wait(running).status, Status::kUnavailable);
   EXPECT_EQ(wait(queued).status, Status::kUnavailable);
+}
+
+// An init image's run skips the steps before its strength's first step: their levels neither run
+// nor set the memory peak the batch is costed at.
+TEST(Scheduler, PeakLevelOfAnInitImageCountsTheStepsThatRun) {
+  Job job;
+  job.params.steps = 4;
+  job.pruning.schedule = pruning::PruningSchedule::steps({0.0, 0.7, 0.35, 0.7});
+  EXPECT_EQ(peak_level(job), 0.0);
+  job.params.init_image = torch::zeros({64, 64, 3}, torch::kUInt8);
+  job.params.strength = 0.75;  // steps 1..3
+  EXPECT_EQ(first_step_of(job), 1);
+  EXPECT_EQ(peak_level(job), 0.35);
+  job.params.strength = 0.25;  // step 3 only
+  EXPECT_EQ(peak_level(job), 0.7);
+  job.pruning.schedule = pruning::PruningSchedule::steps({0.2});  // the last level repeats
+  EXPECT_EQ(peak_level(job), 0.2);
 }
 
 }  // namespace
