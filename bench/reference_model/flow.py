@@ -166,8 +166,10 @@ def main() -> None:
              "--seeds", cfg["eval_seeds"], "--steps", cfg["eval_steps"],
              "--levels", "0," + ",".join(map(str, LEVELS)), "--out", eval_dir, *threads], log)
         timings["eval_pruning"] = time.time() - t0
-    results = json.loads((eval_dir / "results.json").read_text())
-    summary["eval_rows"] = results["rows"]
+    # --skip eval with no earlier evaluation in --out: the report has no table.
+    results_file = eval_dir / "results.json"
+    summary["eval_rows"] = (json.loads(results_file.read_text())["rows"]
+                            if results_file.exists() else [])
 
     if "fd" not in skip:
         t0 = time.time()
