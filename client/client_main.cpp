@@ -198,6 +198,8 @@ struct GenerateOptions {
   uint32_t width = 0, height = 0, steps = 0, num_images = 0, preview_every = 0;
   std::optional<double> guidance, level, max_level, flops_budget, strength;
   std::string init_image, mask;  // img2img / inpainting: image files sent as they are
+  std::string prompt_syntax = "plain";
+  uint32_t clip_skip = 0;
   double eta = 0, guidance_rescale = 0;
   std::optional<uint64_t> seed;
   int32_t priority = 0;
@@ -236,6 +238,9 @@ int generate(const GenerateOptions& o) {
     *field = std::move(*bytes);
   }
   if (o.strength) req.set_strength(*o.strength);
+  req.set_prompt_syntax(o.prompt_syntax == "a1111" ? ldcp::v1::PROMPT_SYNTAX_A1111
+                                                   : ldcp::v1::PROMPT_SYNTAX_PLAIN);
+  req.set_clip_skip(o.clip_skip);
   auto* pr = req.mutable_pruning();
   if (o.pruning == "auto") pr->set_mode(ldcp::v1::PRUNING_MODE_AUTO);
   if (o.pruning == "off") pr->set_mode(ldcp::v1::PRUNING_MODE_OFF);
@@ -380,6 +385,11 @@ int main(int argc, char** argv) {
       "--strength", g.strength,
       "With --init-image: how much to re-noise, in (0, 1] (default 0.8; 1.0 with --mask)");
   gen->add_option("--mask", g.mask, "Inpainting: PNG or JPEG mask, white repainted");
+  gen->add_option("--prompt-syntax", g.prompt_syntax,
+                  "plain (as diffusers) or a1111 (A1111's attention syntax, 75-token chunks)")
+      ->check(CLI::IsMember({"plain", "a1111"}));
+  gen->add_option("--clip-skip", g.clip_skip,
+                  "0/1: the text encoder's last layer; N: N - 1 layers before it");
   gen->add_option("--request-id", g.request_id, "Request id (echoed and logged)");
   gen->add_option("--priority", g.priority, "Higher runs first");
   gen->add_option("--preview-every", g.preview_every,

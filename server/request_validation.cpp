@@ -328,6 +328,23 @@ std::string validate_request(const v1::GenerateRequest& r, const RequestLimits& 
     return "guidance_rescale: must be in [0, 1], got " + fmt_num(r.guidance_rescale());
   }
   p.guidance_rescale = r.guidance_rescale();
+  switch (r.prompt_syntax()) {
+    case v1::PROMPT_SYNTAX_UNSPECIFIED:
+    case v1::PROMPT_SYNTAX_PLAIN:
+      p.a1111_syntax = false;
+      break;
+    case v1::PROMPT_SYNTAX_A1111:
+      p.a1111_syntax = true;
+      break;
+    default:
+      return "prompt_syntax: must be PLAIN or A1111, got " +
+             std::to_string(static_cast<int>(r.prompt_syntax()));
+  }
+  if (static_cast<int64_t>(r.clip_skip()) > lim.text_encoder_layers) {
+    return "clip_skip: must be in [0, " + std::to_string(lim.text_encoder_layers) +
+           "] (the text encoder's layers), got " + std::to_string(r.clip_skip());
+  }
+  p.clip_skip = static_cast<int64_t>(r.clip_skip());
   p.sampler = r.sampler().empty() ? lim.default_sampler : r.sampler();
   if (std::find(lim.samplers.begin(), lim.samplers.end(), p.sampler) == lim.samplers.end()) {
     return "sampler: must be one of " + join(lim.samplers) + ", got " + quote_prefix(p.sampler);

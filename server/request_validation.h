@@ -26,6 +26,7 @@ struct RequestLimits {
   double max_guidance = 50.0;
   int64_t max_images = 4;
   int64_t max_prompt_chars = 2000;
+  int64_t text_encoder_layers = 12;  // clip_skip's bound (the service sets the model's)
   std::string default_sampler = "pndm";
   std::vector<std::string> samplers = {"pndm",    "ddim",     "euler",
                                        "euler_a", "dpmpp_2m", "dpmpp_2m_karras"};
@@ -64,6 +65,8 @@ struct ValidatedRequest {
   // 0); the pipeline checks the strength against the steps and the mask against the model.
   pipelines::RgbImage init_image, mask_image;
   std::optional<double> strength;
+  bool a1111_syntax = false;  // prompt_syntax A1111 (the pipeline bounds its chunk count)
+  int64_t clip_skip = 0;
 };
 
 // Checks every field and fills `out`. Returns an empty string when valid, otherwise the message

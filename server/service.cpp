@@ -34,6 +34,9 @@ std::string request_to_job(const v1::GenerateRequest& r, const RequestLimits& li
   if (!v.init_image.pixels.empty()) p.init_image = pipelines::to_tensor(std::move(v.init_image));
   if (!v.mask_image.pixels.empty()) p.mask_image = pipelines::to_tensor(std::move(v.mask_image));
   p.strength = v.strength;
+  p.prompt_syntax =
+      v.a1111_syntax ? pipelines::PromptSyntax::kA1111 : pipelines::PromptSyntax::kPlain;
+  p.clip_skip = v.clip_skip;
   job.priority = v.priority;
   auto& pj = job.pruning;
   using P = ValidatedRequest::Pruning;

@@ -1,6 +1,7 @@
 // `ldcp generate`: text to PNG with the C++ pipeline.
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -295,6 +296,18 @@ void add_generate_command(CLI::App& app) {
                    "With --init-image: how much of it to re-noise, in (0, 1] (the last "
                    "int(steps * strength) steps run; default 0.8, with --mask 1.0)")
       ->check(CLI::Range(0.0, 1.0));
+  static const std::map<std::string, pipelines::PromptSyntax> kSyntaxes{
+      {"plain", pipelines::PromptSyntax::kPlain}, {"a1111", pipelines::PromptSyntax::kA1111}};
+  generate
+      ->add_option("--prompt-syntax", gen.params.prompt_syntax,
+                   "plain (as diffusers, 77 tokens) or a1111: A1111's (word:1.3) (word) [word] "
+                   "\\( BREAK attention syntax and prompts in chunks of 75 tokens")
+      ->transform(CLI::CheckedTransformer(kSyntaxes, CLI::ignore_case));
+  generate
+      ->add_option("--clip-skip", gen.params.clip_skip,
+                   "0 or 1: the text encoder's last layer; N: the hidden state N - 1 layers "
+                   "before it, through the final layer norm (A1111's clip skip)")
+      ->check(CLI::NonNegativeNumber);
   generate
       ->add_option("--mask", gen.mask,
                    "Inpainting (with --init-image): PNG or JPEG mask of the same size, white "

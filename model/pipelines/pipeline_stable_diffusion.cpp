@@ -8,7 +8,9 @@
 #include <torch/torch.h>
 
 #include "model/clip/modeling_clip.h"
+#include "model/clip/prompt_weighting.h"
 #include "model/clip/tokenization_clip.h"
+#include "model/clip/weighted_encoding.h"
 #include "model/models/autoencoders/autoencoder_kl.h"
 #include "model/models/unets/unet_2d_condition.h"
 #include "model/pipelines/image_conditioning.h"
@@ -181,6 +183,27 @@ const nlohmann::json& StableDiffusionPipeline::scheduler_config() const {
   return parts_->scheduler_config;
 }
 
+namespace {
+
+clip::ChunkingOptions chunking_options(const clip::ClipTokenizer& tokenizer) {
+  clip::ChunkingOptions options;
+  options.chunk_length = tokenizer.max_length() - 2;
+  options.bos_id = tokenizer.bos_id();
+  options.eos_id = tokenizer.eos_id();
+  options.comma_id = tokenizer.token_to_id(",</w>");
+  return options;
+}
+
+std::vector<clip::PromptChunk> a1111_chunks(const clip::ClipTokenizer& tokenizer,
+                                            const std::string& text) {
+  return clip::chunk_weighted_prompt(
+      clip::parse_prompt_attention(text),
+      [&](const std::string& piece) { return tokenizer.tokenize(piece); },
+      chunking_options(tokenizer));
+}
+
+}  // namespace
+
 void StableDiffusionPipeline::validate(const GenerationParams& p) const {
   require(p.width >= 8 && p.width % 8 == 0,
           "width must be a positive multiple of 8, got " + std::to_string(p.width));
@@ -196,6 +219,19 @@ void StableDiffusionPipeline::validate(const GenerationParams& p) const {
   require(std::isfinite(p.eta) && p.eta >= 0, "eta must be a finite number >= 0");
   require(p.num_images >= 1, "num_images must be at least 1, got " + std::to_string(p.num_images));
   p.pruning.validate();
+  const int64_t layers = parts_->text_encoder->config().num_hidden_layers;
+  require(p.clip_skip >= 0 && p.clip_skip <= layers,
+          "clip_skip must be in [0, " + std::to_string(layers) +
+              "] (the text encoder's layers), got " + std::to_string(p.clip_skip));
+  if (p.prompt_syntax == PromptSyntax::kA1111) {
+    for (const auto* text : {&p.prompt, &p.negative_prompt}) {
+      const auto chunks = static_cast<int64_t>(a1111_chunks(*parts_->tokenizer, *text).size());
+      require(chunks <= kMaxPromptChunks,
+              std::string(text == &p.prompt ? "prompt" : "negative_prompt") + " has " +
+                  std::to_string(chunks) + " chunks of 75 tokens, at most " +
+                  std::to_string(kMaxPromptChunks) + " allowed");
+    }
+  }
   validate_image_params(p, parts_->unet->config().in_channels);
   const auto& names = schedulers::sampler_names();
   if (std::find(names.begin(), names.end(), p.sampler) == names.end()) {
@@ -205,17 +241,40 @@ void StableDiffusionPipeline::validate(const GenerationParams& p) const {
   }
 }
 
+std::vector<std::vector<int64_t>> StableDiffusionPipeline::prompt_chunk_tokens(
+    const std::string& prompt) const {
+  std::vector<std::vector<int64_t>> out;
+  for (auto& chunk : a1111_chunks(*parts_->tokenizer, prompt)) out.push_back(chunk.tokens);
+  return out;
+}
+
 at::Tensor StableDiffusionPipeline::encode_prompt(const std::string& prompt,
                                                   const std::string& negative_prompt,
-                                                  int64_t num_images,
-                                                  bool classifier_free_guidance) {
+                                                  int64_t num_images, bool classifier_free_guidance,
+                                                  PromptSyntax syntax, int64_t clip_skip) {
   torch::NoGradGuard no_grad;
   const auto& device = parts_->options.device;
+  auto& encoder = *parts_->text_encoder;
   auto embed = [&](const std::string& text) {
     auto ids = parts_->tokenizer->encode(text);
     auto input = torch::tensor(ids, torch::kInt64).unsqueeze(0).to(device);
-    return parts_->text_encoder->forward(input).to(parts_->options.dtype);
+    return clip::encode_with_clip_skip(encoder, input, clip_skip).to(parts_->options.dtype);
   };
+  if (syntax == PromptSyntax::kA1111) {
+    auto positive = a1111_chunks(*parts_->tokenizer, prompt);
+    if (!classifier_free_guidance) {
+      return clip::encode_weighted_chunks(encoder, positive, clip_skip)
+          .to(parts_->options.dtype)
+          .repeat({num_images, 1, 1});
+    }
+    auto negative = a1111_chunks(*parts_->tokenizer, negative_prompt);
+    const auto empty = clip::empty_prompt_chunk(chunking_options(*parts_->tokenizer));
+    while (positive.size() < negative.size()) positive.push_back(empty);
+    while (negative.size() < positive.size()) negative.push_back(empty);
+    auto pos = clip::encode_weighted_chunks(encoder, positive, clip_skip).to(parts_->options.dtype);
+    auto neg = clip::encode_weighted_chunks(encoder, negative, clip_skip).to(parts_->options.dtype);
+    return torch::cat({neg.repeat({num_images, 1, 1}), pos.repeat({num_images, 1, 1})});
+  }
   auto positive = embed(prompt).repeat({num_images, 1, 1});
   if (!classifier_free_guidance) return positive;
   auto negative = embed(negative_prompt).repeat({num_images, 1, 1});
@@ -230,7 +289,10 @@ bool batchable(const GenerationParams& a, const GenerationParams& b) {
   return a.width == b.width && a.height == b.height && a.steps == b.steps &&
          a.sampler == b.sampler && a.eta == b.eta &&
          (a.guidance_scale > 1.0) == (b.guidance_scale > 1.0) && a.pruning == b.pruning &&
-         a.mask_image.defined() == b.mask_image.defined() && start(a) == start(b);
+         a.mask_image.defined() == b.mask_image.defined() && start(a) == start(b) &&
+         a.prompt_syntax == b.prompt_syntax &&
+         (a.prompt_syntax == PromptSyntax::kPlain ||
+          (a.prompt == b.prompt && a.negative_prompt == b.negative_prompt));
 }
 
 GenerationResult StableDiffusionPipeline::generate(const GenerationParams& params,
@@ -281,7 +343,8 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
     const auto& p = requests[r];
     auto& slot = slots[r];
     const auto encode_start = Clock::now();
-    slot.embeddings = encode_prompt(p.prompt, p.negative_prompt, p.num_images, guided);
+    slot.embeddings = encode_prompt(p.prompt, p.negative_prompt, p.num_images, guided,
+                                    p.prompt_syntax, p.clip_skip);
     results[r].timings.text_encoding_s = seconds_since(encode_start);
     schedulers::SamplerOptions sampler_options;
     sampler_options.eta = p.eta;

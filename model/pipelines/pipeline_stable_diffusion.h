@@ -31,6 +31,13 @@ class UNetPruner;
 
 namespace ldcp::pipelines {
 
+// How a prompt is read: as diffusers does (the text, truncated to 77 tokens), or with
+// AUTOMATIC1111's attention syntax and 75-token chunks (model/clip/prompt_weighting.h).
+enum class PromptSyntax { kPlain, kA1111 };
+
+// A1111 prompts: the most 75-token chunks a prompt (or negative prompt) may have.
+inline constexpr int64_t kMaxPromptChunks = 8;
+
 struct GenerationParams {
   std::string prompt;
   std::string negative_prompt;  // empty: the unconditional embedding of "" as diffusers
@@ -53,6 +60,10 @@ struct GenerationParams {
   at::Tensor init_image;
   std::optional<double> strength;
   at::Tensor mask_image;
+  PromptSyntax prompt_syntax = PromptSyntax::kPlain;
+  // 0 or 1: the text encoder's last layer; N: the hidden state N - 1 layers before the last,
+  // through the final layer norm (A1111's "clip skip"; diffusers' clip_skip = N - 1).
+  int64_t clip_skip = 0;
 };
 
 // The strength a request runs at: its own, else diffusers' default for its kind.
@@ -75,7 +86,9 @@ inline int64_t steps_run(const GenerationParams& p) {
 
 // Requests that can share one U-Net batch: same size, steps, sampler (and eta), guidance on or
 // off, and pruning schedule; and the same kind (text-to-image, img2img, inpainting) starting at
-// the same step (strength). Prompts, seeds, guidance scales, image counts and images may differ.
+// the same step (strength); and the same prompt syntax. A1111 prompts set the embeddings' length
+// (77 per chunk), so A1111 requests share a batch only with the same prompt and negative prompt.
+// Prompts, seeds, guidance scales, image counts, clip skips and images may differ.
 bool batchable(const GenerationParams& a, const GenerationParams& b);
 
 // What a step callback sees; returning false stops the run after that step.
@@ -156,9 +169,13 @@ class StableDiffusionPipeline {
   // Throws std::invalid_argument naming the first invalid field; generate() calls it first.
   void validate(const GenerationParams& params) const;
 
-  // [2 * n or n, 77, hidden]: negative then positive embeddings when guidance is on.
+  // [2 * n or n, 77, hidden]: negative then positive embeddings when guidance is on. A1111
+  // syntax: [.., 77 * chunks, hidden], the shorter of the two padded with empty-prompt chunks.
   at::Tensor encode_prompt(const std::string& prompt, const std::string& negative_prompt,
-                           int64_t num_images, bool classifier_free_guidance);
+                           int64_t num_images, bool classifier_free_guidance,
+                           PromptSyntax syntax = PromptSyntax::kPlain, int64_t clip_skip = 0);
+  // A1111 syntax: the 75-token chunks of a prompt, as encode_prompt makes them.
+  std::vector<std::vector<int64_t>> prompt_chunk_tokens(const std::string& prompt) const;
 
   // Pixels per latent cell (2^(VAE levels - 1)); 8 for SD1.5.
   int64_t vae_scale_factor() const;

@@ -132,6 +132,11 @@ def seeds():
         },
         "json_config": configs,
         "clip_tokenizer": texts,
+        "prompt_attention": {
+            **texts,
+            "weights.txt": b"a (red:1.4) fox in ((deep)) snow, [blurry] BREAK \\(oil\\) (open [x",
+            "long.txt": b", ".join(b"word%d (detail%d:1.2)" % (i, i) for i in range(60)),
+        },
         "request": {
             "default.pb": request([(1, "a red circle")]),
             "full.pb": request([(1, "a cat"), (2, "blurry"), (3, 512), (4, 384), (5, 20),

@@ -273,5 +273,34 @@ TEST(RequestValidation, StrengthAndMaskNeedAnInitImageAndStrengthIsInRange) {
   }
 }
 
+// ---- prompt_syntax and clip_skip ----
+
+TEST(RequestValidation, PromptSyntaxAndClipSkip) {
+  ValidatedRequest v;
+  auto r = valid();
+  ASSERT_EQ(validate_request(r, limits(), 7, v), "");
+  EXPECT_FALSE(v.a1111_syntax);
+  EXPECT_EQ(v.clip_skip, 0);
+  r.set_prompt_syntax(v1::PROMPT_SYNTAX_A1111);
+  r.set_clip_skip(2);
+  ASSERT_EQ(validate_request(r, limits(), 7, v), "");
+  EXPECT_TRUE(v.a1111_syntax);
+  EXPECT_EQ(v.clip_skip, 2);
+  r.set_prompt_syntax(v1::PROMPT_SYNTAX_PLAIN);
+  ASSERT_EQ(validate_request(r, limits(), 7, v), "");
+  EXPECT_FALSE(v.a1111_syntax);
+  r.set_prompt_syntax(static_cast<v1::PromptSyntax>(7));
+  EXPECT_EQ(check(r).rfind("prompt_syntax: must be PLAIN or A1111", 0), 0u) << check(r);
+  r = valid();
+  r.set_clip_skip(12);
+  EXPECT_EQ(check(r), "");
+  r.set_clip_skip(13);
+  EXPECT_EQ(check(r).rfind("clip_skip: must be in [0, 12]", 0), 0u) << check(r);
+  auto l = limits();
+  l.text_encoder_layers = 3;
+  r.set_clip_skip(4);
+  EXPECT_EQ(check(r, l).rfind("clip_skip: must be in [0, 3]", 0), 0u) << check(r, l);
+}
+
 }  // namespace
 }  // namespace ldcp::server
