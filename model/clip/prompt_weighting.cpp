@@ -11,6 +11,8 @@ constexpr double kSquare = 1 / 1.1;
 
 bool is_space(char c) { return std::strchr(" \t\n\r\f\v", c) != nullptr && c != '\0'; }
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
+// strchr finds a NUL byte in every set (the terminator): a prompt may contain one.
+bool in_set(const char* set, char c) { return c != '\0' && std::strchr(set, c) != nullptr; }
 // Python's \w on str, approximated per byte: ASCII letters, digits, '_' and any non-ASCII byte.
 bool is_word(char c) {
   const auto u = static_cast<unsigned char>(c);
@@ -81,7 +83,7 @@ std::vector<WeightedText> parse_prompt_attention(const std::string& text) {
     const char c = text[i];
     if (c == '\\') {
       // \( \) \[ \] \\ give the character; a lone backslash gives "" (text[1:] in A1111).
-      if (i + 1 < n && std::strchr("()[]\\", text[i + 1]) != nullptr) {
+      if (i + 1 < n && in_set("()[]\\", text[i + 1])) {
         res.push_back({std::string(1, text[i + 1]), 1.0, false});
         i += 2;
       } else {
@@ -135,7 +137,7 @@ std::vector<WeightedText> parse_prompt_attention(const std::string& text) {
       continue;
     }
     size_t j = i;
-    while (j < n && std::strchr("\\()[]:", text[j]) == nullptr) ++j;
+    while (j < n && !in_set("\\()[]:", text[j])) ++j;
     append_text(text.substr(i, j - i), res);
     i = j;
   }

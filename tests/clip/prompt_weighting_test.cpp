@@ -26,6 +26,13 @@ TEST(PromptAttention, PlainAndEmpty) {
   expect_parse("", {w("", 1.0)});
 }
 
+// Found by fuzz_prompt_attention: strchr matches a NUL byte against any set, so a prompt with
+// one never advanced and appended empty pieces until memory ran out.
+TEST(PromptAttention, NulBytesAreText) {
+  const std::string text("a\0b (c\0:1.2)", 12);
+  expect_parse(text, {w(std::string("a\0b ", 4), 1.0), w(std::string("c\0", 2), 1.2)});
+}
+
 TEST(PromptAttention, RoundSquareAndExplicit) {
   expect_parse("an (important) word", {w("an ", 1), w("important", 1.1), w(" word", 1)});
   expect_parse("a ((very)) b", {w("a ", 1), w("very", 1.1 * 1.1), w(" b", 1)});
