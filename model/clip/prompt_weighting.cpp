@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "model/clip/tokenization_clip.h"
+
 namespace ldcp::clip {
 namespace {
 
@@ -209,6 +211,15 @@ PromptChunk empty_prompt_chunk(const ChunkingOptions& options) {
   chunk.tokens.front() = options.bos_id;
   chunk.weights.assign(chunk.tokens.size(), 1.0);
   return chunk;
+}
+
+ChunkingOptions chunking_options(const ClipTokenizer& tokenizer) {
+  ChunkingOptions options;
+  options.chunk_length = tokenizer.max_length() - 2;
+  options.bos_id = tokenizer.bos_id();
+  options.eos_id = tokenizer.eos_id();
+  options.comma_id = tokenizer.token_to_id(",</w>");
+  return options;
 }
 
 }  // namespace ldcp::clip

@@ -17,6 +17,8 @@
 
 namespace ldcp::clip {
 
+class ClipTokenizer;
+
 struct WeightedText {
   std::string text;
   double weight = 1.0;
@@ -58,5 +60,8 @@ std::vector<PromptChunk> chunk_weighted_prompt(const std::vector<WeightedText>& 
 // The chunk of an empty prompt (BOS, EOS padding, weights 1): what pads the shorter of a prompt
 // and its negative prompt to the same chunk count.
 PromptChunk empty_prompt_chunk(const ChunkingOptions& options);
+
+// The options for a CLIP tokenizer: its max_length - 2 tokens a chunk, its BOS, EOS and ",</w>".
+ChunkingOptions chunking_options(const ClipTokenizer& tokenizer);
 
 }  // namespace ldcp::clip

@@ -185,21 +185,12 @@ const nlohmann::json& StableDiffusionPipeline::scheduler_config() const {
 
 namespace {
 
-clip::ChunkingOptions chunking_options(const clip::ClipTokenizer& tokenizer) {
-  clip::ChunkingOptions options;
-  options.chunk_length = tokenizer.max_length() - 2;
-  options.bos_id = tokenizer.bos_id();
-  options.eos_id = tokenizer.eos_id();
-  options.comma_id = tokenizer.token_to_id(",</w>");
-  return options;
-}
-
 std::vector<clip::PromptChunk> a1111_chunks(const clip::ClipTokenizer& tokenizer,
                                             const std::string& text) {
   return clip::chunk_weighted_prompt(
       clip::parse_prompt_attention(text),
       [&](const std::string& piece) { return tokenizer.tokenize(piece); },
-      chunking_options(tokenizer));
+      clip::chunking_options(tokenizer));
 }
 
 }  // namespace
@@ -241,13 +232,6 @@ void StableDiffusionPipeline::validate(const GenerationParams& p) const {
   }
 }
 
-std::vector<std::vector<int64_t>> StableDiffusionPipeline::prompt_chunk_tokens(
-    const std::string& prompt) const {
-  std::vector<std::vector<int64_t>> out;
-  for (auto& chunk : a1111_chunks(*parts_->tokenizer, prompt)) out.push_back(chunk.tokens);
-  return out;
-}
-
 at::Tensor StableDiffusionPipeline::encode_prompt(const std::string& prompt,
                                                   const std::string& negative_prompt,
                                                   int64_t num_images, bool classifier_free_guidance,
@@ -268,7 +252,7 @@ at::Tensor StableDiffusionPipeline::encode_prompt(const std::string& prompt,
           .repeat({num_images, 1, 1});
     }
     auto negative = a1111_chunks(*parts_->tokenizer, negative_prompt);
-    const auto empty = clip::empty_prompt_chunk(chunking_options(*parts_->tokenizer));
+    const auto empty = clip::empty_prompt_chunk(clip::chunking_options(*parts_->tokenizer));
     while (positive.size() < negative.size()) positive.push_back(empty);
     while (negative.size() < positive.size()) negative.push_back(empty);
     auto pos = clip::encode_weighted_chunks(encoder, positive, clip_skip).to(parts_->options.dtype);

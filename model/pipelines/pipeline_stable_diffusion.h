@@ -174,8 +174,6 @@ class StableDiffusionPipeline {
   at::Tensor encode_prompt(const std::string& prompt, const std::string& negative_prompt,
                            int64_t num_images, bool classifier_free_guidance,
                            PromptSyntax syntax = PromptSyntax::kPlain, int64_t clip_skip = 0);
-  // A1111 syntax: the 75-token chunks of a prompt, as encode_prompt makes them.
-  std::vector<std::vector<int64_t>> prompt_chunk_tokens(const std::string& prompt) const;
 
   // Pixels per latent cell (2^(VAE levels - 1)); 8 for SD1.5.
   int64_t vae_scale_factor() const;

@@ -37,13 +37,9 @@ Fixture& fixture() {
 
 std::vector<PromptChunk> chunks_of(const std::string& text) {
   auto& f = fixture();
-  ChunkingOptions options;
-  options.bos_id = f.tokenizer.bos_id();
-  options.eos_id = f.tokenizer.eos_id();
-  options.comma_id = f.tokenizer.token_to_id(",</w>");
   return chunk_weighted_prompt(
       parse_prompt_attention(text), [&](const std::string& s) { return f.tokenizer.tokenize(s); },
-      options);
+      chunking_options(f.tokenizer));
 }
 
 void expect_close(const at::Tensor& got, const at::Tensor& want, const std::string& what) {

@@ -27,10 +27,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);
   const auto parsed = ldcp::clip::parse_prompt_attention(text);
   if (parsed.empty()) std::abort();
-  ldcp::clip::ChunkingOptions options;
-  options.bos_id = tokenizer->bos_id();
-  options.eos_id = tokenizer->eos_id();
-  options.comma_id = tokenizer->token_to_id(",</w>");
+  const auto options = ldcp::clip::chunking_options(*tokenizer);
   try {
     const auto chunks = ldcp::clip::chunk_weighted_prompt(
         parsed, [](const std::string& s) { return tokenizer->tokenize(s); }, options);
