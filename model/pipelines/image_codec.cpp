@@ -82,6 +82,27 @@ void append_bytes(png_structp png, png_bytep data, png_size_t length) {
 }
 void flush_nothing(png_structp) {}
 
+// tEXt holds Latin-1; text that is printable ASCII and line breaks is the same in UTF-8.
+bool is_plain_text(const std::string& text) {
+  return std::all_of(text.begin(), text.end(),
+                     [](char c) { return c == '\n' || (c >= 0x20 && c < 0x7F); });
+}
+
+void check_png_text(const PngText& t) {
+  const auto& k = t.keyword;
+  const bool keyword_ok =
+      !k.empty() && k.size() <= 79 && k.front() != ' ' && k.back() != ' ' &&
+      std::all_of(k.begin(), k.end(), [](char c) { return c >= 0x20 && c < 0x7F; });
+  if (!keyword_ok) throw ImageError("PNG text: the keyword must be 1-79 printable characters");
+  if (t.text.find('\0') != std::string::npos) {
+    throw ImageError("PNG text \"" + k + "\": holds a NUL byte");
+  }
+  if (t.text.size() > kMaxPngChunkBytes / 2) {
+    throw ImageError("PNG text \"" + k + "\": " + std::to_string(t.text.size()) +
+                     " bytes, more than a reader accepts");
+  }
+}
+
 // ---- JPEG ----
 
 // libjpeg reports fatal errors through error_exit, which must not return: jump back to the
@@ -213,6 +234,37 @@ RgbImage decode_png(const std::string& bytes, const std::string& name, const Ima
   return image;
 }
 
+std::vector<PngText> read_png_text(const std::string& bytes, const std::string& name) {
+  if (!is_png(bytes)) throw ImageError(name + ": not a PNG file");
+  std::string warnings;
+  png_structp png =
+      png_create_read_struct(PNG_LIBPNG_VER_STRING, &warnings, on_png_error, on_png_warning);
+  if (png == nullptr) throw ImageError(name + ": libpng: out of memory");
+  png_infop info = png_create_info_struct(png);
+  PngReader reader{&bytes};
+  std::vector<PngText> out;
+  try {
+    if (info == nullptr) throw ImageError("libpng: out of memory");
+    png_set_read_fn(png, &reader, read_from_memory);
+    png_set_chunk_malloc_max(png, kMaxPngChunkBytes);
+    png_set_chunk_cache_max(png, kMaxPngAncillaryChunks);
+    png_read_info(png, info);
+    png_textp chunks = nullptr;
+    const int count = png_get_text(png, info, &chunks, nullptr);
+    for (int i = 0; i < count; ++i) {
+      const size_t length = chunks[i].compression >= PNG_ITXT_COMPRESSION_NONE
+                                ? chunks[i].itxt_length
+                                : chunks[i].text_length;
+      out.push_back({chunks[i].key, std::string(chunks[i].text, length)});
+    }
+  } catch (const ImageError& e) {
+    png_destroy_read_struct(&png, &info, nullptr);
+    throw ImageError(name + ": " + e.what());
+  }
+  png_destroy_read_struct(&png, &info, nullptr);
+  return out;
+}
+
 RgbImage decode_jpeg(const std::string& bytes, const std::string& name, const ImageLimits& limits) {
   auto state = std::make_unique<JpegDecode>();
   JpegDecode* s = state.get();
@@ -296,7 +348,9 @@ std::string read_image_file(const std::filesystem::path& path, const ImageLimits
   return bytes;
 }
 
-std::string encode_png(const uint8_t* rgb, uint32_t width, uint32_t height) {
+std::string encode_png(const uint8_t* rgb, uint32_t width, uint32_t height,
+                       const std::vector<PngText>& text) {
+  for (const auto& t : text) check_png_text(t);
   std::string out;
   png_structp png =
       png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, on_png_error, on_png_warning);
@@ -307,6 +361,20 @@ std::string encode_png(const uint8_t* rgb, uint32_t width, uint32_t height) {
     png_set_write_fn(png, &out, append_bytes, flush_nothing);
     png_set_IHDR(png, info, width, height, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
                  PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    // libpng copies the chunks' strings in png_set_text.
+    std::vector<png_text> chunks(text.size());
+    for (size_t i = 0; i < text.size(); ++i) {
+      auto& chunk = chunks[i];
+      chunk.compression =
+          is_plain_text(text[i].text) ? PNG_TEXT_COMPRESSION_NONE : PNG_ITXT_COMPRESSION_NONE;
+      chunk.key = const_cast<png_charp>(text[i].keyword.c_str());
+      chunk.text = const_cast<png_charp>(text[i].text.c_str());
+      chunk.text_length = text[i].text.size();
+      chunk.itxt_length = 0;
+      chunk.lang = nullptr;
+      chunk.lang_key = nullptr;
+    }
+    if (!chunks.empty()) png_set_text(png, info, chunks.data(), static_cast<int>(chunks.size()));
     png_write_info(png, info);
     for (png_uint_32 y = 0; y < height; ++y) {
       png_write_row(png, const_cast<png_bytep>(rgb + static_cast<size_t>(y) * width * 3));

@@ -49,8 +49,19 @@ bool is_jpeg(const std::string& bytes);
 // A whole file, refused (ImageError naming it) when larger than limits.max_file_bytes.
 std::string read_image_file(const std::filesystem::path& path, const ImageLimits& limits = {});
 
+// A PNG text chunk: a keyword (1-79 printable Latin-1 characters, e.g. "parameters") and UTF-8
+// text. encode_png writes tEXt when the text is printable ASCII (and line breaks), iTXt (UTF-8,
+// uncompressed) otherwise, as PIL's PngInfo.add_text does; a NUL byte is refused (ImageError).
+struct PngText {
+  std::string keyword, text;
+};
+
 // RGB rows (height x width x 3 bytes) to an 8-bit RGB PNG / a baseline JPEG (quality 1..100).
-std::string encode_png(const uint8_t* rgb, uint32_t width, uint32_t height);
+// The text chunks go before the image data, where readers that stop there find them.
+std::string encode_png(const uint8_t* rgb, uint32_t width, uint32_t height,
+                       const std::vector<PngText>& text = {});
+// The tEXt, zTXt and iTXt chunks before a PNG's image data (bounded as decode_png).
+std::vector<PngText> read_png_text(const std::string& bytes, const std::string& name);
 std::string encode_jpeg(const uint8_t* rgb, uint32_t width, uint32_t height, int quality);
 
 }  // namespace ldcp::pipelines

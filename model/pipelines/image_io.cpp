@@ -8,18 +8,19 @@
 
 namespace ldcp::pipelines {
 
-std::string encode_png(const at::Tensor& rgb_in) {
+std::string encode_png(const at::Tensor& rgb_in, const std::vector<PngText>& text) {
   if (!rgb_in.defined() || rgb_in.dim() != 3 || rgb_in.size(2) != 3 ||
       rgb_in.scalar_type() != at::kByte) {
     throw ImageError("image must be a uint8 tensor [height, width, 3]");
   }
   auto rgb = rgb_in.to(at::kCPU).contiguous();
   return encode_png(rgb.data_ptr<uint8_t>(), static_cast<uint32_t>(rgb.size(1)),
-                    static_cast<uint32_t>(rgb.size(0)));
+                    static_cast<uint32_t>(rgb.size(0)), text);
 }
 
-void write_png(const std::filesystem::path& path, const at::Tensor& rgb) {
-  const std::string bytes = encode_png(rgb);
+void write_png(const std::filesystem::path& path, const at::Tensor& rgb,
+               const std::vector<PngText>& text) {
+  const std::string bytes = encode_png(rgb, text);
   auto tmp = path;
   tmp += ".tmp";
   {

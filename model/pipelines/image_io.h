@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -10,12 +11,14 @@
 
 namespace ldcp::pipelines {
 
-// Writes an 8-bit RGB image, a uint8 tensor [height, width, 3] (CPU). Writes to a temporary
-// file and renames it, so readers never see a partial image. Throws ImageError naming the file.
-void write_png(const std::filesystem::path& path, const at::Tensor& rgb);
+// Writes an 8-bit RGB image, a uint8 tensor [height, width, 3] (CPU), with `text` chunks
+// (image_codec.h). Writes to a temporary file and renames it, so readers never see a partial
+// image. Throws ImageError naming the file.
+void write_png(const std::filesystem::path& path, const at::Tensor& rgb,
+               const std::vector<PngText>& text = {});
 
 // Encodes to PNG bytes in memory (for network payloads).
-std::string encode_png(const at::Tensor& rgb);
+std::string encode_png(const at::Tensor& rgb, const std::vector<PngText>& text = {});
 
 // Reads a PNG as uint8 [height, width, 3] (gray, palette, alpha and 16-bit inputs converted).
 // Throws ImageError naming the file when it is malformed or beyond `limits`.
