@@ -10,6 +10,7 @@
 
 #include "model/io/json_file.h"
 #include "model/io/safetensors.h"
+#include "model/lora/lora_hook.h"
 #include "model/models/layers.h"
 
 namespace ldcp::clip {
@@ -86,20 +87,27 @@ ClipAttentionImpl::ClipAttentionImpl(const ClipTextConfig& config)
   out_proj = register_module("out_proj", models::linear(torch::nn::LinearOptions(dim, dim)));
 }
 
+namespace {
+// A Linear layer plus the active LoRA branch (model/lora/lora_hook.h).
+torch::Tensor run_linear(torch::nn::Linear& layer, const torch::Tensor& x) {
+  return lora::add_lora(layer.get(), x, layer->forward(x));
+}
+}  // namespace
+
 torch::Tensor ClipAttentionImpl::forward(const torch::Tensor& hidden_states) {
   const auto batch = hidden_states.size(0), length = hidden_states.size(1);
   auto heads = [&](const torch::Tensor& x) {
     return x.view({batch, length, num_heads_, head_dim_}).transpose(1, 2);
   };
-  auto queries = heads(q_proj(hidden_states));
-  auto keys = heads(k_proj(hidden_states));
-  auto values = heads(v_proj(hidden_states));
+  auto queries = heads(run_linear(q_proj, hidden_states));
+  auto keys = heads(run_linear(k_proj, hidden_states));
+  auto values = heads(run_linear(v_proj, hidden_states));
   // The text tower only ever attends causally (transformers' create_causal_mask without a
   // padding mask); SD pipelines pass no attention_mask.
   auto output = at::scaled_dot_product_attention(queries, keys, values, /*attn_mask=*/{},
                                                  /*dropout_p=*/0.0, /*is_causal=*/true, scale_);
   output = output.transpose(1, 2).reshape({batch, length, num_heads_ * head_dim_});
-  return out_proj(output);
+  return run_linear(out_proj, output);
 }
 
 ClipMLPImpl::ClipMLPImpl(const ClipTextConfig& config)
@@ -111,7 +119,7 @@ ClipMLPImpl::ClipMLPImpl(const ClipTextConfig& config)
 }
 
 torch::Tensor ClipMLPImpl::forward(const torch::Tensor& hidden_states) {
-  return fc2(activation_(fc1(hidden_states)));
+  return run_linear(fc2, activation_(run_linear(fc1, hidden_states)));
 }
 
 ClipEncoderLayerImpl::ClipEncoderLayerImpl(const ClipTextConfig& config) {

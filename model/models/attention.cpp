@@ -8,6 +8,7 @@
 #include <ATen/ops/scaled_dot_product_attention.h>
 #include <torch/nn/functional/activation.h>
 
+#include "model/lora/lora_hook.h"
 #include "model/models/layers.h"
 #include "model/runtime/linear_backend.h"
 
@@ -16,9 +17,15 @@ namespace ldcp::models {
 namespace F = torch::nn::functional;
 
 namespace {
-// A Linear layer through the process's CPU linear backend (ATen or oneDNN: linear_backend.h).
+// A Linear layer through the process's CPU linear backend (ATen or oneDNN: linear_backend.h),
+// plus the active LoRA branch (model/lora/lora_hook.h).
 torch::Tensor run_linear(const torch::nn::Linear& layer, const torch::Tensor& x) {
-  return runtime::linear(x, layer->weight, layer->bias);
+  return lora::add_lora(layer.get(), x, runtime::linear(x, layer->weight, layer->bias));
+}
+
+// A Conv2d layer plus the active LoRA branch.
+torch::Tensor run_conv(torch::nn::Conv2d& layer, const torch::Tensor& x) {
+  return lora::add_lora(layer.get(), x, layer->forward(x));
 }
 }  // namespace
 
@@ -102,11 +109,15 @@ torch::Tensor FeedForwardImpl::forward_sliced(const torch::Tensor& hidden_states
   const auto& w = act->proj->weight;
   const auto& b = act->proj->bias;
   auto half = [&](int64_t offset) {
-    return runtime::linear(hidden_states, w.narrow(0, offset, kept),
-                           b.defined() ? b.narrow(0, offset, kept) : torch::Tensor());
+    return lora::add_lora(act->proj.get(), hidden_states,
+                          runtime::linear(hidden_states, w.narrow(0, offset, kept),
+                                          b.defined() ? b.narrow(0, offset, kept) : torch::Tensor()),
+                          offset, kept);
   };
   auto activated = half(0) * F::gelu(half(inner));
-  return runtime::linear(activated, proj_out->weight.narrow(1, 0, kept), proj_out->bias);
+  return lora::add_lora(
+      proj_out.get(), activated,
+      runtime::linear(activated, proj_out->weight.narrow(1, 0, kept), proj_out->bias), 0, -1, kept);
 }
 
 void FeedForwardImpl::enable_gate(const std::string& name) {
@@ -264,7 +275,7 @@ torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& hidden_states
   // 1. Input: [B, C, H, W] -> [B, H*W, inner]
   auto hidden = norm(hidden_states);
   if (proj_in_conv) {
-    hidden = proj_in_conv(hidden);
+    hidden = run_conv(proj_in_conv, hidden);
     const int64_t channels = hidden.size(1);
     hidden = hidden.permute({0, 2, 3, 1}).reshape({batch, height * width, channels});
   } else {
@@ -283,7 +294,7 @@ torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& hidden_states
     hidden = hidden.reshape({batch, height, width, hidden.size(-1)})
                  .permute({0, 3, 1, 2})
                  .contiguous(layout);
-    hidden = proj_out_conv(hidden);
+    hidden = run_conv(proj_out_conv, hidden);
   } else {
     hidden = run_linear(proj_out_linear, hidden);
     hidden = hidden.reshape({batch, height, width, hidden.size(-1)})

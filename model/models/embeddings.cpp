@@ -5,6 +5,7 @@
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/functional/padding.h>
 
+#include "model/lora/lora_hook.h"
 #include "model/models/layers.h"
 
 namespace ldcp::models {
@@ -56,7 +57,9 @@ TimestepEmbeddingImpl::TimestepEmbeddingImpl(int64_t in_channels, int64_t time_e
 }
 
 torch::Tensor TimestepEmbeddingImpl::forward(const torch::Tensor& sample) {
-  return linear_2(F::silu(linear_1(sample)));
+  // Plus the active LoRA branches (model/lora/lora_hook.h).
+  const auto hidden = F::silu(lora::add_lora(linear_1.get(), sample, linear_1(sample)));
+  return lora::add_lora(linear_2.get(), hidden, linear_2(hidden));
 }
 
 }  // namespace ldcp::models

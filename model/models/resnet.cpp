@@ -9,11 +9,20 @@
 #include <torch/nn/functional/padding.h>
 #include <torch/nn/functional/upsampling.h>
 
+#include "model/lora/lora_hook.h"
 #include "model/models/layers.h"
 
 namespace ldcp::models {
 
 namespace F = torch::nn::functional;
+
+namespace {
+// A layer plus the active LoRA branch (model/lora/lora_hook.h).
+template <typename Layer>
+torch::Tensor run(Layer& layer, const torch::Tensor& x) {
+  return lora::add_lora(layer.get(), x, layer->forward(x));
+}
+}  // namespace
 
 ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DConfig& config) : config_(config) {
   if (config_.out_channels == 0) config_.out_channels = config_.in_channels;
@@ -40,9 +49,9 @@ torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& input, const torch
     gate_->record_positions(input.size(2) * input.size(3));
     if (gate_->sliced()) return forward_sliced(input, temb);
   }
-  auto hidden = conv1(F::silu(norm1(input)));
+  auto hidden = run(conv1, F::silu(norm1(input)));
   if (time_emb_proj && temb.defined()) {
-    hidden = hidden + time_emb_proj(F::silu(temb)).unsqueeze(-1).unsqueeze(-1);
+    hidden = hidden + run(time_emb_proj, F::silu(temb)).unsqueeze(-1).unsqueeze(-1);
   }
   hidden = F::silu(norm2(hidden));
   if (gate_ && gate_->mask().defined()) {
@@ -51,8 +60,8 @@ torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& input, const torch
     hidden =
         hidden * (mask.dim() == 1 ? mask.view({1, -1, 1, 1}) : mask.unsqueeze(-1).unsqueeze(-1));
   }
-  hidden = conv2(hidden);
-  auto shortcut = conv_shortcut ? conv_shortcut(input) : input;
+  hidden = run(conv2, hidden);
+  auto shortcut = conv_shortcut ? run(conv_shortcut, input) : input;
   auto output = shortcut + hidden;
   return config_.output_scale_factor == 1.0 ? output : output / config_.output_scale_factor;
 }
@@ -62,20 +71,31 @@ torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& input, const torch
 torch::Tensor ResnetBlock2DImpl::forward_sliced(const torch::Tensor& input,
                                                 const torch::Tensor& temb) {
   const int64_t kept = gate_->kept_channels();
-  auto hidden = F::conv2d(F::silu(norm1(input)), conv1->weight.narrow(0, 0, kept),
-                          F::Conv2dFuncOptions().bias(conv1->bias.narrow(0, 0, kept)).padding(1));
+  // The LoRA branches (lora_hook.h) on the same channels: conv1's and the projection's kept
+  // rows, conv2's kept columns.
+  const auto normed = F::silu(norm1(input));
+  auto hidden = lora::add_lora(
+      conv1.get(), normed,
+      F::conv2d(normed, conv1->weight.narrow(0, 0, kept),
+                F::Conv2dFuncOptions().bias(conv1->bias.narrow(0, 0, kept)).padding(1)),
+      0, kept);
   if (time_emb_proj && temb.defined()) {
-    auto t = F::linear(F::silu(temb), time_emb_proj->weight.narrow(0, 0, kept),
-                       time_emb_proj->bias.narrow(0, 0, kept));
+    const auto t_in = F::silu(temb);
+    auto t = lora::add_lora(time_emb_proj.get(), t_in,
+                            F::linear(t_in, time_emb_proj->weight.narrow(0, 0, kept),
+                                      time_emb_proj->bias.narrow(0, 0, kept)),
+                            0, kept);
     hidden = hidden + t.unsqueeze(-1).unsqueeze(-1);
   }
   hidden = F::silu(F::group_norm(hidden, F::GroupNormFuncOptions(gate_->kept_units())
                                              .weight(norm2->weight.narrow(0, 0, kept))
                                              .bias(norm2->bias.narrow(0, 0, kept))
                                              .eps(config_.eps)));
-  hidden = F::conv2d(hidden, conv2->weight.narrow(1, 0, kept),
-                     F::Conv2dFuncOptions().bias(conv2->bias).padding(1));
-  auto shortcut = conv_shortcut ? conv_shortcut(input) : input;
+  hidden = lora::add_lora(conv2.get(), hidden,
+                          F::conv2d(hidden, conv2->weight.narrow(1, 0, kept),
+                                    F::Conv2dFuncOptions().bias(conv2->bias).padding(1)),
+                          0, -1, kept);
+  auto shortcut = conv_shortcut ? run(conv_shortcut, input) : input;
   auto output = shortcut + hidden;
   return config_.output_scale_factor == 1.0 ? output : output / config_.output_scale_factor;
 }
@@ -143,9 +163,9 @@ Downsample2DImpl::Downsample2DImpl(int64_t channels, int64_t out_channels, int64
 
 torch::Tensor Downsample2DImpl::forward(const torch::Tensor& input) {
   if (padding_ == 0) {
-    return conv(F::pad(input, F::PadFuncOptions({0, 1, 0, 1}).mode(torch::kConstant).value(0)));
+    return run(conv, F::pad(input, F::PadFuncOptions({0, 1, 0, 1}).mode(torch::kConstant).value(0)));
   }
-  return conv(input);
+  return run(conv, input);
 }
 
 Upsample2DImpl::Upsample2DImpl(int64_t channels, int64_t out_channels) {
@@ -167,7 +187,7 @@ torch::Tensor Upsample2DImpl::forward(const torch::Tensor& input,
   }
   x = F::interpolate(x, options);
   if (x.scalar_type() != input.scalar_type()) x = x.to(input.scalar_type());
-  return conv(x);
+  return run(conv, x);
 }
 
 }  // namespace ldcp::models

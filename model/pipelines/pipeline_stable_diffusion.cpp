@@ -11,6 +11,8 @@
 #include "model/clip/prompt_weighting.h"
 #include "model/clip/tokenization_clip.h"
 #include "model/clip/weighted_encoding.h"
+#include "model/lora/lora_cache.h"
+#include "model/lora/lora_weights.h"
 #include "model/models/autoencoders/autoencoder_kl.h"
 #include "model/models/unets/unet_2d_condition.h"
 #include "model/pipelines/image_conditioning.h"
@@ -87,6 +89,32 @@ struct StableDiffusionPipeline::Parts {
   // run under this lock, so that batches on several threads (the server's --workers) never
   // see each other's levels. Text encoding, sampling and decoding run outside it.
   mutable std::mutex unet_mutex;
+  std::unique_ptr<lora::LoraTargets> lora_targets;
+  std::unique_ptr<lora::LoraCache> lora_cache;
+
+  // A request's LoRAs, loaded (or from the cache) and checked against the model; throws
+  // std::invalid_argument naming loras[i].name or loras[i].weight.
+  std::vector<std::pair<std::shared_ptr<const lora::LoraWeights>, double>> loras(
+      const GenerationParams& p) const {
+    std::vector<std::pair<std::shared_ptr<const lora::LoraWeights>, double>> out;
+    for (size_t i = 0; i < p.loras.size(); ++i) {
+      const auto& spec = p.loras[i];
+      const std::string field = "loras[" + std::to_string(i) + "].";
+      require(std::isfinite(spec.weight) && std::abs(spec.weight) <= lora::kMaxLoraWeight,
+              field + "weight must be finite and in [-" + std::to_string(lora::kMaxLoraWeight) +
+                  ", " + std::to_string(lora::kMaxLoraWeight) + "]");
+      try {
+        const auto file = lora_cache->resolve(spec.name);
+        out.emplace_back(lora_cache->get(file, [&](const std::filesystem::path& f) {
+          return lora_targets->read(f);
+        }),
+                         spec.weight);
+      } catch (const std::exception& e) {
+        throw std::invalid_argument(field + "name: " + e.what());
+      }
+    }
+    return out;
+  }
 };
 
 StableDiffusionPipeline::StableDiffusionPipeline(std::unique_ptr<Parts> parts)
@@ -143,6 +171,9 @@ std::unique_ptr<StableDiffusionPipeline> StableDiffusionPipeline::load(
                                 "\" needs a gates file (known without one: magnitude, random)");
   }
   parts->pruner = std::make_unique<pruning::UNetPruner>(*parts->unet, scores);
+  parts->lora_targets = std::make_unique<lora::LoraTargets>(
+      *parts->unet, *parts->text_encoder, parts->pruner.get(), options.device, options.dtype);
+  parts->lora_cache = std::make_unique<lora::LoraCache>(options.lora_dir, options.lora_cache_bytes);
   if (options.device.is_cpu()) {
     parts->linear_choice = runtime::configure_linear_backend(
         options.linear_backend, options.dtype, unet_linear_shapes(parts->unet->config()));
@@ -155,6 +186,11 @@ std::unique_ptr<StableDiffusionPipeline> StableDiffusionPipeline::load(
 const runtime::LinearChoice& StableDiffusionPipeline::linear_backend_choice() const {
   return parts_->linear_choice;
 }
+
+const lora::LoraTargets& StableDiffusionPipeline::lora_targets() const {
+  return *parts_->lora_targets;
+}
+lora::LoraCache& StableDiffusionPipeline::lora_cache() const { return *parts_->lora_cache; }
 
 int64_t StableDiffusionPipeline::vae_scale_factor() const {
   return parts_->vae->config().spatial_scale();
@@ -224,6 +260,7 @@ void StableDiffusionPipeline::validate(const GenerationParams& p) const {
     }
   }
   validate_image_params(p, parts_->unet->config().in_channels);
+  parts_->loras(p);
   const auto& names = schedulers::sampler_names();
   if (std::find(names.begin(), names.end(), p.sampler) == names.end()) {
     std::string known;
@@ -274,7 +311,7 @@ bool batchable(const GenerationParams& a, const GenerationParams& b) {
          a.sampler == b.sampler && a.eta == b.eta &&
          (a.guidance_scale > 1.0) == (b.guidance_scale > 1.0) && a.pruning == b.pruning &&
          a.mask_image.defined() == b.mask_image.defined() && start(a) == start(b) &&
-         a.prompt_syntax == b.prompt_syntax &&
+         a.prompt_syntax == b.prompt_syntax && a.loras == b.loras &&
          (a.prompt_syntax == PromptSyntax::kPlain ||
           (a.prompt == b.prompt && a.negative_prompt == b.negative_prompt));
 }
@@ -294,7 +331,7 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
     if (!batchable(requests.front(), r)) {
       throw std::invalid_argument(
           "requests in one batch must share size, steps, sampler, guidance on/off, pruning, "
-          "kind (text-to-image, img2img, inpainting) and strength's first step");
+          "kind (text-to-image, img2img, inpainting), strength's first step and LoRAs");
     }
   }
   torch::NoGradGuard no_grad;
@@ -303,6 +340,12 @@ std::vector<GenerationResult> StableDiffusionPipeline::generate_batch(
   runtime::MemoryMeter meter(opts.device);
   const int64_t baseline_bytes = meter.stats().allocated_bytes;
   meter.reset_peak();
+  // The batch's LoRA branches, on this thread for the whole batch (text encoder and U-Net).
+  std::unique_ptr<lora::ActiveAdapters> adapters;
+  if (!requests.front().loras.empty()) {
+    adapters = parts_->lora_targets->adapters(parts_->loras(requests.front()));
+  }
+  lora::ScopedAdapters lora_scope(adapters.get());
 
   const auto& first = requests.front();
   const bool guided = first.guidance_scale > 1.0;

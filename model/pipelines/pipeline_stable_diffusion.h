@@ -19,6 +19,7 @@
 #include <c10/core/ScalarType.h>
 #include <nlohmann/json.hpp>
 
+#include "model/lora/lora_spec.h"
 #include "model/pruning/pruning_schedule.h"
 #include "model/runtime/linear_backend.h"
 
@@ -27,6 +28,10 @@ class UNet2DConditionModelImpl;
 }
 namespace ldcp::pruning {
 class UNetPruner;
+}
+namespace ldcp::lora {
+class LoraCache;
+class LoraTargets;
 }
 
 namespace ldcp::pipelines {
@@ -64,6 +69,11 @@ struct GenerationParams {
   // 0 or 1: the text encoder's last layer; N: the hidden state N - 1 layers before the last,
   // through the final layer norm (A1111's "clip skip"; diffusers' clip_skip = N - 1).
   int64_t clip_skip = 0;
+  // LoRAs (model/lora) on the U-Net and the text encoder, each at its weight: a low-rank side
+  // branch of the layers they adapt, for this request only (the base weights are never
+  // written). Names are looked up in PipelineOptions::lora_dir (NAME.safetensors) or, holding a
+  // "/" or ending in ".safetensors", are paths.
+  std::vector<lora::LoraSpec> loras;
 };
 
 // The strength a request runs at: its own, else diffusers' default for its kind.
@@ -86,7 +96,7 @@ inline int64_t steps_run(const GenerationParams& p) {
 
 // Requests that can share one U-Net batch: same size, steps, sampler (and eta), guidance on or
 // off, and pruning schedule; and the same kind (text-to-image, img2img, inpainting) starting at
-// the same step (strength); and the same prompt syntax. A1111 prompts set the embeddings' length
+// the same step (strength); and the same prompt syntax; and the same LoRAs at the same weights. A1111 prompts set the embeddings' length
 // (77 per chunk), so A1111 requests share a batch only with the same prompt and negative prompt.
 // Prompts, seeds, guidance scales, image counts, clip skips and images may differ.
 bool batchable(const GenerationParams& a, const GenerationParams& b);
@@ -144,6 +154,10 @@ struct PipelineOptions {
   // or "auto", which times both on the U-Net's shapes at load and keeps the faster. The default
   // is ATen's, the reference path; the tools and the server default to "auto".
   std::string linear_backend = "aten";
+  // Where requests' LoRA names are looked up (NAME.safetensors), and how many bytes of loaded
+  // LoRA factors are kept for later requests (least recently used first out).
+  std::filesystem::path lora_dir;
+  int64_t lora_cache_bytes = int64_t{512} << 20;
 };
 
 class StableDiffusionPipeline {
@@ -192,6 +206,9 @@ class StableDiffusionPipeline {
   const nlohmann::json& scheduler_config() const;
   // The linear backend load() chose for the run's dtype, and why (CUDA: always ATen, cuBLAS).
   const runtime::LinearChoice& linear_backend_choice() const;
+  // The layers LoRAs may adapt (with the pruning permutations) and the loaded LoRA files.
+  const lora::LoraTargets& lora_targets() const;
+  lora::LoraCache& lora_cache() const;
 
  private:
   struct Parts;

@@ -11,8 +11,28 @@
 
 #include "model/models/unets/unet_2d_condition.h"
 #include "model/pruning/gated_layer.h"
+#include "model/pruning/unit_order.h"
 
 namespace ldcp::pruning {
+
+std::vector<int64_t> unit_order(const at::Tensor& scores) {
+  const auto values_t = scores.detach().to(torch::kCPU, torch::kDouble).contiguous();
+  const double* values = values_t.data_ptr<double>();
+  std::vector<int64_t> order(static_cast<size_t>(values_t.numel()));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return values[a] > values[b]; });
+  return order;
+}
+
+std::vector<int64_t> unit_channels(const std::vector<int64_t>& order, int64_t unit_size) {
+  std::vector<int64_t> channels;
+  channels.reserve(order.size() * static_cast<size_t>(unit_size));
+  for (int64_t unit : order) {
+    for (int64_t c = 0; c < unit_size; ++c) channels.push_back(unit * unit_size + c);
+  }
+  return channels;
+}
 
 UNetPruner::UNetPruner(models::UNet2DConditionModelImpl& unet, const GateScores& scores,
                        const PlannerOptions& options)
@@ -24,10 +44,7 @@ UNetPruner::UNetPruner(models::UNet2DConditionModelImpl& unet, const GateScores&
     auto layer_scores = scores.layers.at(ref.name).to(torch::kDouble).contiguous();
     std::vector<double> values(layer_scores.data_ptr<double>(),
                                layer_scores.data_ptr<double>() + layer_scores.numel());
-    std::vector<int64_t> order(values.size());
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int64_t a, int64_t b) { return values[a] > values[b]; });
+    const auto order = unit_order(layer_scores);
     ref.layer->reorder_units(order);
     ref.layer->gate()->keep_all();
     double mean = 0;

@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "model/io/json_file.h"
+#include "model/lora/lora_hook.h"
 #include "model/models/layers.h"
 
 namespace ldcp::models {
@@ -154,7 +155,7 @@ torch::Tensor UNet2DConditionModelImpl::forward(const torch::Tensor& sample_in,
   auto emb = time_embedding(t_emb);
 
   // 2. pre-process
-  sample = conv_in(sample);
+  sample = lora::add_lora(conv_in.get(), sample, conv_in(sample));
 
   // 3. down
   std::vector<torch::Tensor> down_block_res_samples{sample};
@@ -199,7 +200,7 @@ torch::Tensor UNet2DConditionModelImpl::forward(const torch::Tensor& sample_in,
 
   // 6. post-process
   sample = conv_act(conv_norm_out(sample));
-  return conv_out(sample);
+  return lora::add_lora(conv_out.get(), sample, conv_out(sample));
 }
 
 // ---------------------------------------------------------------------------------------------
