@@ -177,13 +177,22 @@ LoraPlan plan_lora(const std::string& file, const std::map<std::string, io::Tens
   // Each layout's names of the targets.
   std::unordered_map<std::string, size_t> by_name;
   std::vector<std::string> problems;
-  for (size_t i = 0; i < targets.size(); ++i) {
-    const auto& t = targets[i];
+  auto add_name = [&](LoraComponent component, const std::string& path, size_t i) {
     const std::string name = plan.layout == LoraLayout::kKohya
-                                 ? kohya_name(t.component, t.path)
-                                 : component_name(t.component) + "." + t.path;
+                                 ? kohya_name(component, path)
+                                 : component_name(component) + "." + path;
     if (!by_name.emplace(name, i).second) {
       throw LoraFileError(file + ": two layers of the model share the LoRA name " + name);
+    }
+  };
+  const std::string text_model = "text_model.";
+  for (size_t i = 0; i < targets.size(); ++i) {
+    const auto& t = targets[i];
+    add_name(t.component, t.path, i);
+    // The text encoder's layers also without transformers 4's "text_model." level (files that
+    // diffusers writes with transformers 5: "text_encoder.encoder.layers.0...").
+    if (t.component == LoraComponent::kTextEncoder && starts_with(t.path, text_model)) {
+      add_name(t.component, t.path.substr(text_model.size()), i);
     }
   }
 
@@ -211,6 +220,9 @@ LoraPlan plan_lora(const std::string& file, const std::map<std::string, io::Tens
       unknown.push_back(io::short_key(key));
     } else if (!slot) {
       unmatched.push_back(io::short_key(key));
+    } else if (!slot->empty()) {
+      problems.push_back(io::short_key(key) + ": a second key for the factor of " +
+                         io::short_key(*slot));
     } else {
       *slot = key;
     }

@@ -8,11 +8,15 @@
 // - kohya / A1111 (sd-scripts, LyCORIS' LoCon): "lora_unet_<path>" and "lora_te_<path>", where
 //   <path> is the layer's diffusers (U-Net) or transformers (CLIPTextModel) module path with
 //   every "." written "_"; then ".lora_down.weight" [rank, in(, kh, kw)], ".lora_up.weight"
-//   [out, rank(, 1, 1)] and optionally ".alpha" (a scalar; scale alpha / rank, rank when absent).
+//   [out, rank(, 1, 1)] and optionally ".alpha" (a scalar; scale alpha / rank). A layer without
+//   one takes, as diffusers does, the most common alpha of its component's layers (the rank,
+//   scale 1, when none has one; kohya's and A1111's own code use the rank in both cases).
 // - diffusers / PEFT (save_lora_weights): "unet.<path>.lora_A.weight" and ".lora_B.weight",
 //   "text_encoder.<path>...". The scale is lora_alpha / rank, lora_alpha from the file's
 //   "lora_adapter_metadata" (diffusers writes "unet.lora_alpha", "text_encoder.lora_alpha", ...)
 //   and the rank when there is none (diffusers' convention: scale 1).
+// Text encoder names may leave out transformers 4's "text_model." level (transformers 5 has
+// none: "lora_te_encoder_layers_0_...", "text_encoder.encoder.layers.0...").
 // Convolutions (LoCon): the down factor has the layer's kernel, stride and padding, the up
 // factor is 1x1; a 1x1 convolution's factors may also be stored as matrices.
 

@@ -121,6 +121,24 @@ std::shared_ptr<const LoraWeights> LoraTargets::read(const std::filesystem::path
   weights->layout = plan.layout;
   torch::NoGradGuard no_grad;
   const auto options = torch::TensorOptions().dtype(dtype_).device(device_);
+  // kohya: a layer without .alpha takes, as diffusers (get_peft_kwargs: lora_alpha is the most
+  // common alpha of the component), the most common alpha of its component's layers, and its
+  // rank (scale 1) when no layer of the component has one.
+  std::map<size_t, double> alphas;
+  std::map<LoraComponent, std::map<double, int>> alpha_counts;
+  for (const auto& p : plan.layers) {
+    if (p.alpha_key.empty()) continue;
+    alphas[p.target] = read_scalar(file, p.alpha_key);
+    ++alpha_counts[layers_[p.target].component][alphas[p.target]];
+  }
+  auto default_alpha = [&](LoraComponent component, int64_t rank) {
+    double best = static_cast<double>(rank);
+    int count = 0;
+    for (const auto& [alpha, n] : alpha_counts[component]) {
+      if (n > count) best = alpha, count = n;
+    }
+    return best;
+  };
   for (const auto& p : plan.layers) {
     const auto& t = layers_[p.target];
     auto down = file.tensor(p.down_key);
@@ -139,8 +157,8 @@ std::shared_ptr<const LoraWeights> LoraTargets::read(const std::filesystem::path
     f.down = down.to(options).contiguous();
     f.up = up.to(options).contiguous();
     if (plan.layout == LoraLayout::kKohya) {
-      const double alpha =
-          p.alpha_key.empty() ? static_cast<double>(p.rank) : read_scalar(file, p.alpha_key);
+      const auto it = alphas.find(p.target);
+      const double alpha = it != alphas.end() ? it->second : default_alpha(t.component, p.rank);
       f.scale = alpha / static_cast<double>(p.rank);
     } else {
       const auto& settings =

@@ -125,6 +125,12 @@ void check_pipeline_cases(const std::string& part, const PipelineRun& run) {
       const std::string mask = c.at("mask_image");
       if (!mask.empty()) p.mask_image = pipelines::read_png(ref / mask);
     }
+    // LoRA cases (ref_lora.py): files beside the references, each at its adapter weight.
+    if (c.contains("loras")) {
+      for (const auto& l : c.at("loras")) {
+        p.loras.push_back({(ref / l.at("name").get<std::string>()).string(), l.at("weight")});
+      }
+    }
     const auto result = loaded[model]->generate(p);
     const auto& expected = images.at(name);
     ASSERT_EQ(result.images.sizes(), expected.sizes());
