@@ -29,6 +29,7 @@
 #include "client/service_config.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "ldcp/v1/ldcp.grpc.pb.h"
+#include "model/lora/lora_spec.h"
 
 namespace {
 
@@ -200,6 +201,7 @@ struct GenerateOptions {
   std::string init_image, mask;  // img2img / inpainting: image files sent as they are
   std::string prompt_syntax = "plain";
   uint32_t clip_skip = 0;
+  std::vector<std::string> loras;  // --lora NAME:WEIGHT
   double eta = 0, guidance_rescale = 0;
   std::optional<uint64_t> seed;
   int32_t priority = 0;
@@ -241,6 +243,17 @@ int generate(const GenerateOptions& o) {
   req.set_prompt_syntax(o.prompt_syntax == "a1111" ? ldcp::v1::PROMPT_SYNTAX_A1111
                                                    : ldcp::v1::PROMPT_SYNTAX_PLAIN);
   req.set_clip_skip(o.clip_skip);
+  for (const auto& text : o.loras) {
+    try {
+      const auto spec = ldcp::lora::parse_lora_option(text);
+      auto* lora = req.add_loras();
+      lora->set_name(spec.name);
+      lora->set_weight(spec.weight);
+    } catch (const std::invalid_argument& e) {
+      std::cerr << "ldcp-client: " << e.what() << "\n";
+      return 2;
+    }
+  }
   auto* pr = req.mutable_pruning();
   if (o.pruning == "auto") pr->set_mode(ldcp::v1::PRUNING_MODE_AUTO);
   if (o.pruning == "off") pr->set_mode(ldcp::v1::PRUNING_MODE_OFF);
@@ -390,6 +403,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"plain", "a1111"}));
   gen->add_option("--clip-skip", g.clip_skip,
                   "0/1: the text encoder's last layer; N: N - 1 layers before it");
+  gen->add_option("--lora", g.loras,
+                  "NAME:WEIGHT (repeatable): a LoRA of the server's --lora-dir at that weight");
   gen->add_option("--request-id", g.request_id, "Request id (echoed and logged)");
   gen->add_option("--priority", g.priority, "Higher runs first");
   gen->add_option("--preview-every", g.preview_every,

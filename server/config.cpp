@@ -157,6 +157,19 @@ void add_options(CLI::App& app, ServerConfig& c) {
   app.add_option("--default-sampler", c.default_sampler, "Sampler when a request names none")
       ->envname(env("DEFAULT_SAMPLER"))
       ->capture_default_str();
+  app.add_option("--lora-dir", c.lora_dir,
+                 "Directory of LoRA files (kohya/A1111 or diffusers/PEFT safetensors) that "
+                 "requests name in `loras` (NAME: NAME.safetensors there); unset: no LoRAs")
+      ->envname(env("LORA_DIR"));
+  app.add_option("--max-loras", c.max_loras, "The most LoRAs one request may apply")
+      ->envname(env("MAX_LORAS"))
+      ->check(CLI::Range(int64_t{1}, int64_t{16}))
+      ->capture_default_str();
+  app.add_option("--lora-cache", c.lora_cache,
+                 "Bytes of loaded LoRA factors kept for later requests (e.g. 512MiB; least "
+                 "recently used first out)")
+      ->envname(env("LORA_CACHE"))
+      ->capture_default_str();
 
   // Security: TLS/mTLS (server/credentials.h) and bearer tokens (server/auth.h).
   app.add_option("--tls-cert", c.tls_cert,

@@ -58,6 +58,11 @@ struct ServerConfig {
   int64_t max_images = 4;
   int64_t max_prompt_chars = 2000;
   std::string default_sampler = "pndm";
+  // LoRA (model/lora): requests' names are NAME.safetensors in lora_dir (empty: no LoRAs), at
+  // most max_loras a request; loaded files are kept up to lora_cache bytes (LRU).
+  std::string lora_dir;
+  int64_t max_loras = 4;
+  std::string lora_cache = "512MiB";
 
   // Bounds on what one client can ask of the server (README: Security, Bounds).
   int64_t max_request_id_bytes = 128;

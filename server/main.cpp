@@ -108,6 +108,11 @@ int serve(const ServerConfig& c) {
   options.score_source = c.score_source;
   options.vae_tile_size = c.vae_tile_size;
   if (!c.gates_file.empty()) options.gates_file = c.gates_file;
+  if (!c.lora_dir.empty() && !std::filesystem::is_directory(c.lora_dir)) {
+    throw std::invalid_argument("--lora-dir: no such directory: " + c.lora_dir);
+  }
+  options.lora_dir = c.lora_dir;
+  options.lora_cache_bytes = parse_bytes(c.lora_cache);
   if (c.min_size > c.max_size) throw std::invalid_argument("--min-size exceeds --max-size");
 
   // Security settings are checked before the model loads (a bad file fails at once).

@@ -29,6 +29,7 @@ RequestLimits RequestLimits::from(const ServerConfig& c, int64_t native_resoluti
   l.max_work = c.max_request_work;
   l.max_receive_bytes = c.max_receive_bytes;
   l.max_deadline_s = c.max_deadline_s;
+  l.max_loras = c.lora_dir.empty() ? 0 : c.max_loras;
   return l;
 }
 
@@ -38,6 +39,45 @@ std::string fmt_num(double v) {
   std::ostringstream s;
   s << v;
   return s.str();
+}
+
+// A LoRA name is a file stem in --lora-dir: letters, digits, ".", "_", "-"; no leading "." and
+// no "..", so that it never leaves the directory (no separators) nor names a hidden file.
+bool plain_file_stem(const std::string& name) {
+  if (name.empty() || name.size() > 128 || name.front() == '.') return false;
+  if (name.find("..") != std::string::npos) return false;
+  for (const char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '_' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+std::string validate_loras(const v1::GenerateRequest& r, const RequestLimits& lim,
+                           std::vector<lora::LoraSpec>& out) {
+  if (r.loras_size() > 0 && lim.max_loras == 0) {
+    return "loras: this server has no LoRAs (it was started without --lora-dir)";
+  }
+  if (r.loras_size() > lim.max_loras) {
+    return "loras: at most " + std::to_string(lim.max_loras) + " per request (--max-loras), got " +
+           std::to_string(r.loras_size());
+  }
+  for (int i = 0; i < r.loras_size(); ++i) {
+    const auto& l = r.loras(i);
+    const std::string field = "loras[" + std::to_string(i) + "].";
+    if (!plain_file_stem(l.name())) {
+      return field + "name: must be a file stem in the server's LoRA directory (1-128 letters, " +
+             "digits, '.', '_', '-'; no leading '.', no '..'), got " + quote_prefix(l.name());
+    }
+    const double w = l.has_weight() ? l.weight() : 1.0;
+    if (!std::isfinite(w) || std::abs(w) > lora::kMaxLoraWeight) {
+      return field + "weight: must be a finite number in [-" + fmt_num(lora::kMaxLoraWeight) +
+             ", " + fmt_num(lora::kMaxLoraWeight) + "], got " + fmt_num(w);
+    }
+    out.push_back({l.name(), w});
+  }
+  return {};
 }
 
 std::string join(const std::vector<std::string>& items) {
@@ -345,6 +385,7 @@ std::string validate_request(const v1::GenerateRequest& r, const RequestLimits& 
            "] (the text encoder's layers), got " + std::to_string(r.clip_skip());
   }
   p.clip_skip = static_cast<int64_t>(r.clip_skip());
+  if (std::string error = validate_loras(r, lim, p.loras); !error.empty()) return error;
   p.sampler = r.sampler().empty() ? lim.default_sampler : r.sampler();
   if (std::find(lim.samplers.begin(), lim.samplers.end(), p.sampler) == lim.samplers.end()) {
     return "sampler: must be one of " + join(lim.samplers) + ", got " + quote_prefix(p.sampler);

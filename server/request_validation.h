@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ldcp/v1/ldcp.pb.h"
+#include "model/lora/lora_spec.h"
 #include "model/pipelines/image_codec.h"
 
 namespace ldcp::server {
@@ -27,6 +28,7 @@ struct RequestLimits {
   int64_t max_images = 4;
   int64_t max_prompt_chars = 2000;
   int64_t text_encoder_layers = 12;  // clip_skip's bound (the service sets the model's)
+  int64_t max_loras = 0;              // a request's LoRAs (0: the server has no --lora-dir)
   std::string default_sampler = "pndm";
   std::vector<std::string> samplers = {"pndm",    "ddim",     "euler",
                                        "euler_a", "dpmpp_2m", "dpmpp_2m_karras"};
@@ -67,6 +69,7 @@ struct ValidatedRequest {
   std::optional<double> strength;
   bool a1111_syntax = false;  // prompt_syntax A1111 (the pipeline bounds its chunk count)
   int64_t clip_skip = 0;
+  std::vector<lora::LoraSpec> loras;  // names checked as file stems; the engine finds the files
 };
 
 // Checks every field and fills `out`. Returns an empty string when valid, otherwise the message

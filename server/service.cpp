@@ -37,6 +37,7 @@ std::string request_to_job(const v1::GenerateRequest& r, const RequestLimits& li
   p.prompt_syntax =
       v.a1111_syntax ? pipelines::PromptSyntax::kA1111 : pipelines::PromptSyntax::kPlain;
   p.clip_skip = v.clip_skip;
+  p.loras = std::move(v.loras);
   job.priority = v.priority;
   auto& pj = job.pruning;
   using P = ValidatedRequest::Pruning;

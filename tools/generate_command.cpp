@@ -126,6 +126,8 @@ struct GenerateArgs {
   std::optional<double> pruning_below_timestep;
   std::string pruning_steps;
   std::optional<double> pruning_budget;
+  std::string lora_dir;            // --lora NAME: NAME.safetensors there (or NAME a path)
+  std::vector<std::string> loras;  // NAME:WEIGHT
   std::string init_image, mask;  // img2img / inpainting
 };
 
@@ -172,7 +174,9 @@ void run_generate(GenerateArgs& args) {
   options.vae_tile_size = args.vae_tile_size;
   options.channels_last = args.channels_last;
   options.linear_backend = args.linear_backend;
+  options.lora_dir = args.lora_dir;
   auto& params = args.params;
+  for (const auto& text : args.loras) params.loras.push_back(lora::parse_lora_option(text));
   params.seed = args.seed ? *args.seed : std::random_device{}();
   if (!args.pruning_steps.empty()) {
     params.pruning =
@@ -303,6 +307,11 @@ void add_generate_command(CLI::App& app) {
                    "plain (as diffusers, 77 tokens) or a1111: A1111's (word:1.3) (word) [word] "
                    "\\( BREAK attention syntax and prompts in chunks of 75 tokens")
       ->transform(CLI::CheckedTransformer(kSyntaxes, CLI::ignore_case));
+  generate->add_option("--lora", gen.loras,
+                       "NAME:WEIGHT (repeatable): a LoRA (kohya/A1111 or diffusers/PEFT "
+                       "safetensors) on the U-Net and text encoder at that weight; NAME is a file "
+                       "stem in --lora-dir or a path");
+  generate->add_option("--lora-dir", gen.lora_dir, "Where --lora names are looked up");
   generate
       ->add_option("--clip-skip", gen.params.clip_skip,
                    "0 or 1: the text encoder's last layer; N: the hidden state N - 1 layers "

@@ -158,6 +158,28 @@ def seeds():
                 "cond_stage_model.transformer.final_layer_norm.weight",
                 "model_ema.diffusion_modelout2weight", "alphas_cumprod"]).encode(),
         },
+        "lora_keys": {
+            "kohya.safetensors": safetensors([
+                ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+                 ".lora_down.weight", "F16", [4, 32], 2),
+                ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+                 ".lora_up.weight", "F16", [32, 4], 2),
+                ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.alpha",
+                 "F32", [], 4),
+                ("lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight", "F32",
+                 [2, 16, 3, 3], 4),
+                ("lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight", "F32", [32, 2, 1, 1], 4),
+                ("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight", "F16", [2, 24], 2),
+                ("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight", "F16", [96, 2], 2)]),
+            "peft.safetensors": safetensors([
+                ("unet.mid_block.attentions.0.proj_in.lora_A.weight", "F32", [2, 32, 1, 1], 4),
+                ("unet.mid_block.attentions.0.proj_in.lora_B.weight", "F32", [32, 2, 1, 1], 4),
+                ("text_encoder.encoder.layers.0.mlp.fc1.lora_A.weight", "BF16", [3, 24], 2),
+                ("text_encoder.encoder.layers.0.mlp.fc1.lora_B.weight", "BF16", [96, 3], 2)],
+                {"lora_adapter_metadata": json.dumps(
+                    {"unet.lora_alpha": 4, "unet.r": 2, "text_encoder.use_rslora": True,
+                     "text_encoder.alpha_pattern": {"fc1": 6}})}),
+        },
         "png": images("png"),
         "jpeg": images("jpeg"),
     }
