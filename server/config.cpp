@@ -47,6 +47,11 @@ void add_options(CLI::App& app, ServerConfig& c) {
       ->envname(env("VAE_TILE_SIZE"))
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  app.add_flag("--png-metadata,!--no-png-metadata", c.png_metadata,
+               "Write A1111's \"parameters\" text (prompt, seed, settings, model hash, pruning "
+               "levels) into every returned PNG (default); --no-png-metadata: none, for clients "
+               "that do not want their prompts embedded")
+      ->envname(env("PNG_METADATA"));
 
   app.add_option("--listen", c.listen, "gRPC address (host:port)")
       ->envname(env("LISTEN"))

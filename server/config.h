@@ -22,6 +22,7 @@ struct ServerConfig {
   bool fp16_weights = false;
   std::string score_source = "magnitude";  // without --gates: magnitude or random
   int64_t vae_tile_size = 0;               // pixels; 0: decode whole images
+  bool png_metadata = true;  // A1111's "parameters" text in every PNG (--no-png-metadata: none)
 
   // Network.
   std::string listen = "127.0.0.1:50051";

@@ -144,6 +144,19 @@ int serve(const ServerConfig& c) {
   SdEngine engine(c.model_dir, options);
   log_info("linears: " + ldcp::runtime::linear_backend_name(engine.linear_backend().backend) +
            " (" + engine.linear_backend().reason + ")");
+  // The PNGs' "parameters" text names the model by its hash: read once, here.
+  std::optional<ldcp::pipelines::ModelIdentity> png_model;
+  if (c.png_metadata) {
+    const auto start = std::chrono::steady_clock::now();
+    png_model = ldcp::pipelines::identify_model(c.model_dir, c.fp16_weights, c.gates_file);
+    png_model->gate_scores = engine.score_source();
+    log_info(strf("PNG metadata: model %s, hash %s (SHA-256 of %s, %.1f s)",
+                  png_model->name.c_str(), png_model->hash.c_str(),
+                  png_model->hashed_file.string().c_str(),
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()));
+  } else {
+    log_info("PNG metadata: off (--no-png-metadata)");
+  }
   int64_t budget_bytes = c.memory_budget.empty() ? 0 : parse_bytes(c.memory_budget);
   const int64_t headroom = parse_bytes(c.memory_headroom);
   if (budget_bytes == 0 && engine.memory().device_total_bytes <= 0) {
@@ -207,6 +220,7 @@ int serve(const ServerConfig& c) {
   }
   GenerationService service(scheduler, engine, &metrics, RequestLimits::from(c, native));
   service.set_authenticator(&auth);
+  if (png_model) service.set_png_metadata(*png_model);
   for (const auto& name : auth.client_names()) metrics.add_client(name);
 
   grpc::EnableDefaultHealthCheckService(true);

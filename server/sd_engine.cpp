@@ -38,6 +38,8 @@ SdEngine::SdEngine(const std::filesystem::path& model_dir,
   }
 }
 
+std::string SdEngine::score_source() const { return pipeline_->pruner().scores().source; }
+
 std::vector<double> SdEngine::budget_levels(double budget, const std::string& sampler,
                                             int64_t steps) const {
   if (gates_file_.empty()) {

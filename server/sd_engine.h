@@ -34,6 +34,8 @@ class SdEngine final : public Engine {
   runtime::MemoryStats memory() const override { return meter_.stats(); }
   void complete_calibration_params(pipelines::GenerationParams& params) const override;
   const runtime::LinearChoice& linear_backend() const { return pipeline_->linear_backend_choice(); }
+  // Where the pruning's gate scores came from: "magnitude", "learned" or "random".
+  std::string score_source() const;
   std::vector<double> budget_levels(double budget, const std::string& sampler,
                                     int64_t steps) const override;
 

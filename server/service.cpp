@@ -97,6 +97,7 @@ struct GenerationService::Shared {
   Metrics* metrics;
   RequestLimits limits;
   Authenticator* auth = nullptr;
+  std::optional<pipelines::ModelIdentity> png_model;  // set: PNGs carry "parameters"
   std::mutex rng_mu;
   std::mt19937_64 rng{std::random_device{}()};
   std::atomic<uint64_t> next_id{1};
@@ -115,6 +116,10 @@ GenerationService::GenerationService(RequestScheduler& scheduler, Engine& engine
 }
 
 void GenerationService::set_authenticator(Authenticator* auth) { shared_->auth = auth; }
+
+void GenerationService::set_png_metadata(pipelines::ModelIdentity model) {
+  shared_->png_model = std::move(model);
+}
 
 namespace {
 
@@ -377,7 +382,11 @@ class CallCore {
       const auto u8 = pipelines::to_uint8(r.images);
       for (int64_t i = 0; i < u8.size(0); ++i) {
         auto* img = out->add_images();
-        img->set_data(pipelines::encode_png(u8[i].contiguous()));
+        std::vector<pipelines::PngText> text;
+        if (const auto& model = shared_->png_model) {
+          text.push_back({"parameters", pipelines::png_parameters(job_->params, r, i, *model)});
+        }
+        img->set_data(pipelines::encode_png(u8[i].contiguous(), text));
         img->set_mime_type("image/png");
         img->set_width(static_cast<uint32_t>(u8.size(2)));
         img->set_height(static_cast<uint32_t>(u8.size(1)));

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "ldcp/v1/ldcp.grpc.pb.h"
+#include "model/pipelines/model_identity.h"
 #include "server/config.h"
 #include "server/engine.h"
 #include "server/request_scheduler.h"
@@ -42,6 +43,10 @@ class GenerationService final : public RawImageGenerationService {
   // Bearer tokens and per-client limits (server/auth.h); null (the default): no authentication.
   // Set before the server starts.
   void set_authenticator(Authenticator* auth);
+  // Writes A1111's "parameters" text (model/pipelines/generation_parameters.h) into every
+  // returned PNG, with this model's name and hash; not called (the default): no metadata. Set
+  // before the server starts.
+  void set_png_metadata(pipelines::ModelIdentity model);
 
   grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
                                      const grpc::ByteBuffer* request,

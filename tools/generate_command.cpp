@@ -10,6 +10,7 @@
 
 #include "cli/progress.h"
 #include "model/pipelines/image_io.h"
+#include "model/pipelines/model_identity.h"
 #include "model/pipelines/pipeline_stable_diffusion.h"
 #include "model/pruning/gate_scores.h"
 #include "model/pruning/step_schedule.h"
@@ -129,6 +130,8 @@ struct GenerateArgs {
   std::string lora_dir;            // --lora NAME: NAME.safetensors there (or NAME a path)
   std::vector<std::string> loras;  // NAME:WEIGHT
   std::string init_image, mask;  // img2img / inpainting
+
+  bool no_metadata = false;  // no "parameters" text in the PNGs
 };
 
 // --pruning-budget: the gates file's learned schedule for that mean FLOPs fraction, mapped onto
@@ -196,6 +199,12 @@ void run_generate(GenerateArgs& args) {
 
   auto pipeline = pipelines::StableDiffusionPipeline::load(args.model, options);
   print_linear_backend(args.linear_backend, *pipeline);
+  // A1111's "parameters" text for the PNGs (generation_parameters.h): the model hashed once.
+  std::optional<pipelines::ModelIdentity> identity;
+  if (!args.no_metadata) {
+    identity = pipelines::identify_model(args.model, args.fp16_weights, args.gates);
+    identity->gate_scores = pipeline->pruner().scores().source;
+  }
   // 0 means the model's native size, as diffusers' default (unet sample_size x VAE factor).
   if (params.width == 0) params.width = pipeline->native_resolution();
   if (params.height == 0) params.height = pipeline->native_resolution();
@@ -213,7 +222,11 @@ void run_generate(GenerateArgs& args) {
   const auto images = pipelines::to_uint8(result.images);
   for (int64_t i = 0; i < images.size(0); ++i) {
     const auto path = output_path(args.out, i, images.size(0));
-    pipelines::write_png(path, images[i]);
+    std::vector<pipelines::PngText> text;
+    if (identity) {
+      text.push_back({"parameters", pipelines::png_parameters(params, result, i, *identity)});
+    }
+    pipelines::write_png(path, images[i], text);
     std::cout << "wrote " << path.string() << "\n";
   }
   std::printf(
@@ -332,6 +345,9 @@ void add_generate_command(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::IsMember({"magnitude", "random"}));
   add_memory_format_option(*generate, gen.channels_last);
+  generate->add_flag("--no-metadata", gen.no_metadata,
+                     "Write no \"parameters\" text (prompt, seed, settings, model hash) into the "
+                     "PNGs");
   generate->final_callback([args] { run_generate(*args); });
 }
 

@@ -1,11 +1,11 @@
 #include "model/pipelines/model_identity.h"
 
 #include "model/io/weights.h"
-#include "model/pipelines/generation_parameters.h"
 
 namespace ldcp::pipelines {
 
-ModelIdentity identify_model(const std::filesystem::path& model, bool prefer_fp16) {
+ModelIdentity identify_model(const std::filesystem::path& model, bool prefer_fp16,
+                             const std::filesystem::path& gates_file) {
   ModelIdentity id;
   auto path = std::filesystem::absolute(model).lexically_normal();
   if (path.filename().empty()) path = path.parent_path();
@@ -18,7 +18,44 @@ ModelIdentity identify_model(const std::filesystem::path& model, bool prefer_fp1
     id.hashed_file = io::find_weight_file(path / "unet", prefer_fp16);
   }
   id.hash = short_file_hash(id.hashed_file);
+  if (!gates_file.empty()) id.gates_hash = short_file_hash(gates_file);
   return id;
+}
+
+std::string png_parameters(const GenerationParams& params, const GenerationResult& result,
+                           int64_t index, const ModelIdentity& model) {
+  GenerationInfo info;
+  info.prompt = params.prompt;
+  info.negative_prompt = params.negative_prompt;
+  info.steps = params.steps;
+  info.sampler = params.sampler;
+  info.guidance_scale = params.guidance_scale;
+  info.guidance_rescale = params.guidance_rescale;
+  info.eta = params.eta;
+  info.seed = params.seed;
+  info.width = params.width;
+  info.height = params.height;
+  info.batch_size = params.num_images;
+  info.batch_pos = index;
+  info.model_name = model.name;
+  info.model_hash = model.hash;
+  if (params.init_image.defined()) info.denoising_strength = effective_strength(params);
+  info.inpainting = params.mask_image.defined();
+  info.a1111_prompt_syntax = params.prompt_syntax == PromptSyntax::kA1111;
+  info.clip_skip = params.clip_skip;
+  info.step_levels = result.step_levels;
+  info.gate_scores = model.gate_scores;
+  info.gates_file_hash = model.gates_hash;
+  // A1111's <lora:NAME:WEIGHT> names the file's stem (ldcp generate also takes a path). The
+  // files' hashes ("Lora hashes") are not computed yet.
+  for (const auto& lora : params.loras) {
+    std::string name = std::filesystem::path(lora.name).filename().string();
+    const std::string suffix = ".safetensors";
+    if (name.size() > suffix.size() && name.ends_with(suffix))
+      name.resize(name.size() - suffix.size());
+    info.loras.push_back({name, lora.weight, ""});
+  }
+  return format_generation_parameters(info);
 }
 
 }  // namespace ldcp::pipelines
