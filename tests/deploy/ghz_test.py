@@ -146,6 +146,14 @@ class Configs(unittest.TestCase):
         self.assertNotIn("rps", burst)
         self.assertEqual(method_name(stream)[1], "GenerateStream")
         self.assertTrue(any(m.get("preview_every") for m in messages(stream)))
+        # The steady load carries A1111 prompt syntax and clip skip (fields 20-21; a clip skip
+        # the demo model's 2-layer text encoder takes too). Init images (17-19) stay out: they
+        # fix the request's size, and the scenarios run at each model's default size.
+        a1111 = [m for m in messages(steady) if m.get("prompt_syntax") == "PROMPT_SYNTAX_A1111"]
+        self.assertTrue(a1111)
+        self.assertTrue(all(1 < m.get("clip_skip", 0) <= 2 for m in a1111))
+        self.assertFalse(any({"init_image", "mask_image", "strength"} & set(m)
+                             for cfg in map(config, CONFIGS) for m in messages(cfg)))
 
 
 class Live(unittest.TestCase):
