@@ -76,6 +76,35 @@ void read_from_memory(png_structp png, png_bytep out, png_size_t length) {
   reader->offset += length;
 }
 
+// A libpng read over bytes in memory with the chunk bounds every read takes; destroyed with it.
+struct PngRead {
+  std::string warnings;
+  PngReader reader;
+  png_structp png = nullptr;
+  png_infop info = nullptr;
+
+  PngRead(const std::string& bytes, const std::string& name) : reader{&bytes} {
+    png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &warnings, on_png_error, on_png_warning);
+    if (png != nullptr) info = png_create_info_struct(png);
+    if (info == nullptr) {
+      png_destroy_read_struct(&png, nullptr, nullptr);
+      throw ImageError(name + ": libpng: out of memory");
+    }
+    png_set_read_fn(png, &reader, read_from_memory);
+    png_set_chunk_malloc_max(png, kMaxPngChunkBytes);
+    png_set_chunk_cache_max(png, kMaxPngAncillaryChunks);
+  }
+  ~PngRead() { png_destroy_read_struct(&png, &info, nullptr); }
+  PngRead(const PngRead&) = delete;
+  PngRead& operator=(const PngRead&) = delete;
+};
+
+// An error of a read of `name`, its message starting with the name (once).
+ImageError named_error(const std::string& name, const ImageError& e) {
+  const std::string what = e.what();
+  return what.rfind(name + ": ", 0) == 0 ? e : ImageError(name + ": " + what);
+}
+
 void append_bytes(png_structp png, png_bytep data, png_size_t length) {
   auto* out = static_cast<std::string*>(png_get_io_ptr(png));
   out->append(reinterpret_cast<const char*>(data), length);
@@ -179,19 +208,12 @@ bool is_jpeg(const std::string& bytes) {
 }
 
 RgbImage decode_png(const std::string& bytes, const std::string& name, const ImageLimits& limits) {
-  std::string warnings;
-  png_structp png =
-      png_create_read_struct(PNG_LIBPNG_VER_STRING, &warnings, on_png_error, on_png_warning);
-  if (png == nullptr) throw ImageError(name + ": libpng: out of memory");
-  png_infop info = png_create_info_struct(png);
-  PngReader reader{&bytes};
+  PngRead read(bytes, name);
+  png_structp png = read.png;
+  png_infop info = read.info;
   RgbImage image;
   try {
-    if (info == nullptr) throw ImageError("libpng: out of memory");
-    png_set_read_fn(png, &reader, read_from_memory);
     png_set_user_limits(png, limits.max_width, limits.max_height);
-    png_set_chunk_malloc_max(png, kMaxPngChunkBytes);
-    png_set_chunk_cache_max(png, kMaxPngAncillaryChunks);
 #ifdef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
     // The fuzz build (tests/fuzz) lets mutated chunks through to the code behind the checksums.
     png_set_crc_action(png, PNG_CRC_QUIET_USE, PNG_CRC_QUIET_USE);
@@ -225,32 +247,19 @@ RgbImage decode_png(const std::string& bytes, const std::string& name, const Ima
     png_read_image(png, rows.data());
     png_read_end(png, nullptr);
   } catch (const ImageError& e) {
-    png_destroy_read_struct(&png, &info, nullptr);
-    const std::string what = e.what();
-    if (what.rfind(name + ": ", 0) == 0) throw;
-    throw ImageError(name + ": " + what);
+    throw named_error(name, e);
   }
-  png_destroy_read_struct(&png, &info, nullptr);
   return image;
 }
 
 std::vector<PngText> read_png_text(const std::string& bytes, const std::string& name) {
   if (!is_png(bytes)) throw ImageError(name + ": not a PNG file");
-  std::string warnings;
-  png_structp png =
-      png_create_read_struct(PNG_LIBPNG_VER_STRING, &warnings, on_png_error, on_png_warning);
-  if (png == nullptr) throw ImageError(name + ": libpng: out of memory");
-  png_infop info = png_create_info_struct(png);
-  PngReader reader{&bytes};
+  PngRead read(bytes, name);
   std::vector<PngText> out;
   try {
-    if (info == nullptr) throw ImageError("libpng: out of memory");
-    png_set_read_fn(png, &reader, read_from_memory);
-    png_set_chunk_malloc_max(png, kMaxPngChunkBytes);
-    png_set_chunk_cache_max(png, kMaxPngAncillaryChunks);
-    png_read_info(png, info);
+    png_read_info(read.png, read.info);
     png_textp chunks = nullptr;
-    const int count = png_get_text(png, info, &chunks, nullptr);
+    const int count = png_get_text(read.png, read.info, &chunks, nullptr);
     for (int i = 0; i < count; ++i) {
       const size_t length = chunks[i].compression >= PNG_ITXT_COMPRESSION_NONE
                                 ? chunks[i].itxt_length
@@ -258,10 +267,8 @@ std::vector<PngText> read_png_text(const std::string& bytes, const std::string& 
       out.push_back({chunks[i].key, std::string(chunks[i].text, length)});
     }
   } catch (const ImageError& e) {
-    png_destroy_read_struct(&png, &info, nullptr);
-    throw ImageError(name + ": " + e.what());
+    throw named_error(name, e);
   }
-  png_destroy_read_struct(&png, &info, nullptr);
   return out;
 }
 

@@ -56,9 +56,7 @@ def setUpModule():
     TEXT_LAYERS = json.loads((model / "text_encoder" / "config.json").read_text())[
         "num_hidden_layers"]
     SERVER = lib.Server(model, WORK, *lib.small_cpu_flags()).wait_ready()
-    CHANNEL = grpc.insecure_channel(SERVER.target,
-                                    options=[("grpc.max_receive_message_length", 64 << 20)])
-    STUB = pb_grpc.ImageGenerationStub(CHANNEL)
+    CHANNEL, STUB = lib.image_stub(SERVER, pb_grpc)
 
 
 def tearDownModule():

@@ -69,6 +69,15 @@ def demo_model(workdir):
     return path
 
 
+def image_stub(server, pb_grpc):
+    """(channel, ImageGeneration stub) to a Server; the channel takes replies up to 64 MiB (PNGs)."""
+    import grpc
+
+    channel = grpc.insecure_channel(server.target,
+                                    options=[("grpc.max_receive_message_length", 64 << 20)])
+    return channel, pb_grpc.ImageGenerationStub(channel)
+
+
 class Server:
     """ldcp-server as a child process on loopback ports."""
 

@@ -15,7 +15,6 @@ import tempfile
 import unittest
 from pathlib import Path
 
-import grpc
 import numpy as np
 from PIL import Image
 
@@ -68,10 +67,9 @@ def chunk_types(data):
 
 
 def stub(server):
-    channel = grpc.insecure_channel(server.target,
-                                    options=[("grpc.max_receive_message_length", 64 << 20)])
+    channel, image_generation = lib.image_stub(server, pb_grpc)
     CHANNELS.append(channel)
-    return pb_grpc.ImageGenerationStub(channel)
+    return image_generation
 
 
 def setUpModule():
