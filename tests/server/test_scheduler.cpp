@@ -260,10 +260,17 @@ TEST(Scheduler, CancelMidGenerationDropsOnlyThatRequest) {
 TEST(Scheduler, DeadlineMidGenerationAndExpiredDeadlineNeverStarts) {
   Fixture f;
   f.engine.step_time = 20ms;
-  auto job = submit(*f.scheduler, 64, 0, {}, 50);
-  // Not set before submit: emulate a deadline that expires mid-run.
-  job.job->deadline = Clock::now() + 100ms;
-  auto o = wait(job);
+  // 50 steps of 20 ms: a deadline 100 ms away expires mid-run. (Set before submit: the control
+  // thread reads it from then on, so writing it afterwards was a data race, found by TSan.)
+  auto running = std::make_shared<Job>();
+  running->params.width = running->params.height = 64;
+  running->params.steps = 50;
+  running->params.sampler = "euler";
+  running->deadline = Clock::now() + 100ms;
+  std::promise<JobOutcome> pr;
+  running->on_done = [&pr](JobOutcome&& r) { pr.set_value(std::move(r)); };
+  f.scheduler->submit(running);
+  auto o = pr.get_future().get();
   EXPECT_EQ(o.status, Status::kDeadlineExceeded);
   EXPECT_NE(o.message.find("step"), std::string::npos);
 
