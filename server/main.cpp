@@ -150,6 +150,7 @@ int serve(const ServerConfig& c) {
     const auto start = std::chrono::steady_clock::now();
     png_model = ldcp::pipelines::identify_model(c.model_dir, c.fp16_weights, c.gates_file);
     png_model->gate_scores = engine.score_source();
+    png_model->lora_hashes = std::make_shared<ldcp::pipelines::LoraFileHashes>(c.lora_dir);
     log_info(strf("PNG metadata: model %s, hash %s (SHA-256 of %s, %.1f s)",
                   png_model->name.c_str(), png_model->hash.c_str(),
                   png_model->hashed_file.string().c_str(),

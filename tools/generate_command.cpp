@@ -204,6 +204,7 @@ void run_generate(GenerateArgs& args) {
   if (!args.no_metadata) {
     identity = pipelines::identify_model(args.model, args.fp16_weights, args.gates);
     identity->gate_scores = pipeline->pruner().scores().source;
+    identity->lora_hashes = std::make_shared<pipelines::LoraFileHashes>(args.lora_dir);
   }
   // 0 means the model's native size, as diffusers' default (unet sample_size x VAE factor).
   if (params.width == 0) params.width = pipeline->native_resolution();

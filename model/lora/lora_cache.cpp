@@ -10,23 +10,23 @@ namespace ldcp::lora {
 LoraCache::LoraCache(std::filesystem::path dir, int64_t max_bytes)
     : dir_(std::move(dir)), max_bytes_(max_bytes) {}
 
-std::filesystem::path LoraCache::resolve(const std::string& name) const {
+std::filesystem::path resolve_lora_file(const std::filesystem::path& dir, const std::string& name) {
   const bool path = name.find('/') != std::string::npos ||
                     (name.size() > 12 && name.compare(name.size() - 12, 12, ".safetensors") == 0);
   std::filesystem::path file;
   if (path) {
     file = name;
-  } else if (dir_.empty()) {
+  } else if (dir.empty()) {
     throw std::invalid_argument("no LoRA directory is set (--lora-dir) to find '" +
                                 io::short_key(name, 64) + "' in");
   } else {
-    file = dir_ / (name + ".safetensors");
+    file = dir / (name + ".safetensors");
   }
   std::error_code error;
   if (!std::filesystem::is_regular_file(file, error)) {
     throw std::invalid_argument(path ? "no LoRA file " + io::short_key(file.string(), 200)
                                      : "no LoRA named '" + io::short_key(name, 64) + "' in " +
-                                           dir_.string());
+                                           dir.string());
   }
   return file;
 }

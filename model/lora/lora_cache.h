@@ -18,6 +18,11 @@ namespace ldcp::lora {
 
 struct LoraWeights;
 
+// The file a LoRA name stands for: DIR/NAME.safetensors, or NAME itself when it holds a "/" (or
+// ends in ".safetensors"; ldcp generate). Throws std::invalid_argument, without the field's name,
+// when there is no such file.
+std::filesystem::path resolve_lora_file(const std::filesystem::path& dir, const std::string& name);
+
 class LoraCache {
  public:
   LoraCache(std::filesystem::path dir, int64_t max_bytes);
@@ -25,10 +30,10 @@ class LoraCache {
   const std::filesystem::path& dir() const { return dir_; }
   int64_t max_bytes() const { return max_bytes_; }
 
-  // The file a request's name stands for: DIR/NAME.safetensors. A name holding a "/" (or
-  // ending in ".safetensors") is a path (ldcp generate; the server refuses such names first).
-  // Throws std::invalid_argument, without the field's name, when there is no such file.
-  std::filesystem::path resolve(const std::string& name) const;
+  // resolve_lora_file(dir(), name) (the server refuses path names before this).
+  std::filesystem::path resolve(const std::string& name) const {
+    return resolve_lora_file(dir_, name);
+  }
 
   using Reader = std::function<std::shared_ptr<const LoraWeights>(const std::filesystem::path&)>;
   // The cached weights of `file`, or `read(file)` kept under the bound.

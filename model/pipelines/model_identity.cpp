@@ -1,8 +1,30 @@
 #include "model/pipelines/model_identity.h"
 
 #include "model/io/weights.h"
+#include "model/lora/lora_cache.h"
 
 namespace ldcp::pipelines {
+
+std::string LoraFileHashes::hash(const std::string& name) {
+  std::filesystem::path file;
+  try {
+    file = lora::resolve_lora_file(dir_, name);
+  } catch (const std::invalid_argument&) {
+    return {};
+  }
+  std::error_code error;
+  const auto size = std::filesystem::file_size(file, error);
+  const auto mtime = std::filesystem::last_write_time(file, error).time_since_epoch().count();
+  const std::string key = file.string() + "|" + std::to_string(size) + "|" + std::to_string(mtime);
+  {
+    std::lock_guard lock(mutex_);
+    if (auto it = hashes_.find(key); it != hashes_.end()) return it->second;
+  }
+  // Hashed outside the lock (a LoRA file is tens of MB); a race hashes the same file twice.
+  std::string h = short_file_hash(file);
+  std::lock_guard lock(mutex_);
+  return hashes_.emplace(key, std::move(h)).first->second;
+}
 
 ModelIdentity identify_model(const std::filesystem::path& model, bool prefer_fp16,
                              const std::filesystem::path& gates_file) {
@@ -46,14 +68,14 @@ std::string png_parameters(const GenerationParams& params, const GenerationResul
   info.step_levels = result.step_levels;
   info.gate_scores = model.gate_scores;
   info.gates_file_hash = model.gates_hash;
-  // A1111's <lora:NAME:WEIGHT> names the file's stem (ldcp generate also takes a path). The
-  // files' hashes ("Lora hashes") are not computed yet.
+  // A1111's <lora:NAME:WEIGHT> names the file's stem (ldcp generate also takes a path).
   for (const auto& lora : params.loras) {
     std::string name = std::filesystem::path(lora.name).filename().string();
     const std::string suffix = ".safetensors";
     if (name.size() > suffix.size() && name.ends_with(suffix))
       name.resize(name.size() - suffix.size());
-    info.loras.push_back({name, lora.weight, ""});
+    info.loras.push_back({name, lora.weight,
+                          model.lora_hashes ? model.lora_hashes->hash(lora.name) : std::string()});
   }
   return format_generation_parameters(info);
 }

@@ -4,6 +4,9 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 
 #include "model/pipelines/generation_parameters.h"
@@ -11,12 +14,27 @@
 
 namespace ldcp::pipelines {
 
+// A1111's "Lora hashes": the short SHA-256 of each LoRA file a request names, hashed once per
+// file (kept by path, size and modification time: a replaced file is hashed again). Thread-safe.
+class LoraFileHashes {
+ public:
+  explicit LoraFileHashes(std::filesystem::path lora_dir) : dir_(std::move(lora_dir)) {}
+  // Empty when the name does not resolve to a file (the tag is still written, without a hash).
+  std::string hash(const std::string& name);
+
+ private:
+  std::filesystem::path dir_;
+  std::mutex mutex_;
+  std::map<std::string, std::string> hashes_;  // "path|size|mtime" -> short hash
+};
+
 struct ModelIdentity {
   std::string name;  // a folder's name, a single file's name without ".safetensors"
   std::string hash;  // first 10 hex digits of the SHA-256 of `hashed_file`
   std::filesystem::path hashed_file;
   std::string gate_scores;  // "magnitude", "learned", "random" (pruner().scores().source)
   std::string gates_hash;   // short hash of the gates file; empty without one
+  std::shared_ptr<LoraFileHashes> lora_hashes;  // null: "Lora hashes" left out
 };
 
 // A single-file checkpoint: its own SHA-256 (A1111's "Model hash" of the same file). A diffusers

@@ -6,6 +6,7 @@ loras[i].name / loras[i].weight (or loras); ldcp-client --lora reaches the serve
 generate --lora with --lora-dir and with a path. Parity with diffusers is test_lora's. Run by
 CTest (server_lora)."""
 
+import hashlib
 import io
 import shutil
 import subprocess
@@ -114,6 +115,15 @@ class GoodValues(unittest.TestCase):
         pruned = self.generate(loras=[("style", 1.0)],
                                pruning=pb.Pruning(mode=pb.PRUNING_MODE_FIXED, level=0.5))
         self.assertFalse(np.array_equal(pruned, styled))
+
+    def test_png_parameters_name_the_loras_and_their_hashes(self):
+        reply = STUB.Generate(request(loras=[("style", 1.0), ("other", -0.5)]), timeout=120)
+        text = Image.open(io.BytesIO(reply.images[0].data)).text["parameters"]
+        self.assertIn("<lora:style:1>", text)
+        self.assertIn("<lora:other:-0.5>", text)
+        short = {n: hashlib.sha256((LORAS / f"{n}.safetensors").read_bytes()).hexdigest()[:10]
+                 for n in ("style", "other")}
+        self.assertIn(f'Lora hashes: "style: {short["style"]}, other: {short["other"]}"', text)
 
 
 BAD = [
