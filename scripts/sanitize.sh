@@ -17,13 +17,15 @@ kind=${1:?"usage: scripts/test.sh --sanitize address,undefined|thread [ctest arg
 shift
 
 # Unit: the readers of untrusted files, the model folder and pipeline code that uses them, pruning,
-# request validation, tokens. Policy: the scheduler with the fake engine. Service: ldcp-server as
-# a child process (streaming, cancellations, deadlines, hostile input, TLS, the metrics endpoint,
-# the soak with --workers 2 and a SIGTERM mid-load). Left out: the parity tests (Python
+# request validation, tokens, LoRA file planning, the PNG parameters text. Policy: the scheduler
+# with the fake engine. Service: ldcp-server as a child process (streaming, cancellations,
+# deadlines, hostile input, TLS, the metrics endpoint, the soak with --workers 2 and a SIGTERM
+# mid-load). Left out: the parity tests (Python
 # references: nothing of ours to instrument that the unit tests miss), the long and benchmark
 # tests, and the model tests that only run libtorch kernels.
 asan_unit=(io_parse_test io_test clip_unit_test image_codec_test test_step_schedule test_pipeline
-           test_pruning test_request_validation test_server_auth)
+           test_pruning test_request_validation test_server_auth lora_file_test
+           generation_parameters_test)
 asan_tests=("${asan_unit[@]}" test_server_policy server_integration server_hostile_requests
             server_metrics_endpoint server_security server_soak)
 # TSan: only code with threads of ours (the scheduler, its control thread and model pool, the
