@@ -31,14 +31,17 @@ std::filesystem::path resolve_lora_file(const std::filesystem::path& dir, const 
   return file;
 }
 
-std::shared_ptr<const LoraWeights> LoraCache::get(const std::filesystem::path& file,
-                                                  const Reader& read) {
+std::string file_version_key(const std::filesystem::path& file) {
   std::error_code error;
   const auto size = std::filesystem::file_size(file, error);
   const auto mtime = std::filesystem::last_write_time(file, error);
-  const std::string key = std::filesystem::absolute(file).lexically_normal().string() + "|" +
-                          std::to_string(size) + "|" +
-                          std::to_string(mtime.time_since_epoch().count());
+  return std::filesystem::absolute(file).lexically_normal().string() + "|" + std::to_string(size) +
+         "|" + std::to_string(mtime.time_since_epoch().count());
+}
+
+std::shared_ptr<const LoraWeights> LoraCache::get(const std::filesystem::path& file,
+                                                  const Reader& read) {
+  const std::string key = file_version_key(file);
   std::lock_guard<std::mutex> lock(mutex_);
   for (auto it = entries_.begin(); it != entries_.end(); ++it) {
     if (it->key == key) {

@@ -23,6 +23,10 @@ struct LoraWeights;
 // when there is no such file.
 std::filesystem::path resolve_lora_file(const std::filesystem::path& dir, const std::string& name);
 
+// `file` as of its size and modification time ("path|size|mtime", the path made absolute): a
+// file replaced under the same name gets a new key. The cache's key, and the metadata's hashes'.
+std::string file_version_key(const std::filesystem::path& file);
+
 class LoraCache {
  public:
   LoraCache(std::filesystem::path dir, int64_t max_bytes);

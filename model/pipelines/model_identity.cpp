@@ -12,10 +12,7 @@ std::string LoraFileHashes::hash(const std::string& name) {
   } catch (const std::invalid_argument&) {
     return {};
   }
-  std::error_code error;
-  const auto size = std::filesystem::file_size(file, error);
-  const auto mtime = std::filesystem::last_write_time(file, error).time_since_epoch().count();
-  const std::string key = file.string() + "|" + std::to_string(size) + "|" + std::to_string(mtime);
+  const std::string key = lora::file_version_key(file);
   {
     std::lock_guard lock(mutex_);
     if (auto it = hashes_.find(key); it != hashes_.end()) return it->second;

@@ -25,7 +25,7 @@ class LoraFileHashes {
  private:
   std::filesystem::path dir_;
   std::mutex mutex_;
-  std::map<std::string, std::string> hashes_;  // "path|size|mtime" -> short hash
+  std::map<std::string, std::string> hashes_;  // lora::file_version_key -> short hash
 };
 
 struct ModelIdentity {
