@@ -15,6 +15,7 @@
 #include "model/pipelines/pipeline_stable_diffusion.h"
 #include "model/pruning/gated_layer.h"
 #include "model/pruning/unet_pruner.h"
+#include "tests/common/pruning_masks.h"
 #include "tests/common/test_util.h"
 #include "tests/pipeline/pipeline_parity.h"
 
@@ -81,14 +82,9 @@ TEST(Lora, SlicedForwardEqualsMaskedWithALora) {
     pruner.apply(plan);
     const auto sliced = unet.forward(sample, timestep, context);
     pruner.reset();
-    for (size_t l = 0; l < pruner.layers().size(); ++l) {
-      const auto& gate = pruner.layers()[l].layer->gate();
-      auto mask = torch::zeros({gate->num_units()});
-      mask.narrow(0, 0, plan.kept_units[l]).fill_(1.0);
-      gate->set_mask(mask);
-    }
+    ldcp::testing::set_plan_masks(pruner, plan);
     const auto masked = unet.forward(sample, timestep, context);
-    for (const auto& r : pruner.layers()) r.layer->gate()->set_mask({});
+    ldcp::testing::clear_masks(pruner);
     const double diff = (sliced - masked).abs().max().item<double>();
     const double scale = std::max(1.0, masked.abs().max().item<double>());
     std::printf("level %.2f with a LoRA: max |sliced - masked| %.3e (scale %.2f)\n", level, diff,
@@ -117,8 +113,7 @@ TEST(Lora, BatchesOnlyWithTheSameLorasAndLeavesOtherRequestsAlone) {
   EXPECT_GT((lora_alone.images - before.images).abs().mean().item<double>(), 1e-2);
   const auto batch = pipeline->generate_batch({with, with_b});
   EXPECT_LE((batch[0].images - lora_alone.images).abs().max().item<double>(), 1e-4);
-  EXPECT_LE((batch[1].images - pipeline->generate(with_b).images).abs().max().item<double>(),
-            1e-4);
+  EXPECT_LE((batch[1].images - pipeline->generate(with_b).images).abs().max().item<double>(), 1e-4);
   // The cache holds the file once.
   EXPECT_EQ(pipeline->lora_cache().entries(), 1u);
 }
@@ -158,8 +153,7 @@ TEST(Lora, BadRequestsAndHostileFilesNameTheFieldAndTheFile) {
   };
   io::save_safetensors(dir / "bad.safetensors", bad);
   p.loras = {{"ok", 1.0}, {"bad", 1.0}};
-  io::save_safetensors(dir / "ok.safetensors",
-                       io::load_safetensors(ref() / "kohya-a.safetensors"));
+  io::save_safetensors(dir / "ok.safetensors", io::load_safetensors(ref() / "kohya-a.safetensors"));
   expect_invalid(*pipeline, p,
                  {"loras[1].name", "bad.safetensors", "lora_unet_nowhere", "conv_in.lora_down"});
   io::TensorMap nan = {
@@ -171,9 +165,7 @@ TEST(Lora, BadRequestsAndHostileFilesNameTheFieldAndTheFile) {
   io::save_safetensors(dir / "nan.safetensors", nan);
   p.loras = {{"nan", 1.0}};
   expect_invalid(*pipeline, p, {"loras[0].name", "non-finite"});
-  {
-    std::ofstream(dir / "junk.safetensors") << "not a safetensors file at all";
-  }
+  { std::ofstream(dir / "junk.safetensors") << "not a safetensors file at all"; }
   p.loras = {{"junk", 1.0}};
   expect_invalid(*pipeline, p, {"loras[0].name", "junk.safetensors"});
   std::filesystem::remove_all(dir);

@@ -11,6 +11,7 @@
 #include "model/pruning/unet_pruner.h"
 #include "model/runtime/flop_counter.h"
 #include "model/runtime/memory_meter.h"
+#include "tests/common/pruning_masks.h"
 #include "tests/common/test_util.h"
 
 namespace ldcp::pruning {
@@ -69,14 +70,9 @@ void expect_sliced_equals_masked(UNet2DConditionModel& unet, torch::ScalarType d
     pruner.apply(plan);
     const auto sliced = run(unet, in);
     pruner.reset();
-    for (size_t l = 0; l < pruner.layers().size(); ++l) {
-      const auto& gate = pruner.layers()[l].layer->gate();
-      auto mask = torch::zeros({gate->num_units()});
-      mask.narrow(0, 0, plan.kept_units[l]).fill_(1.0);
-      gate->set_mask(mask);
-    }
+    ldcp::testing::set_plan_masks(pruner, plan);
     const auto masked = run(unet, in);
-    for (const auto& ref : pruner.layers()) ref.layer->gate()->set_mask({});
+    ldcp::testing::clear_masks(pruner);
     ASSERT_EQ(sliced.scalar_type(), dtype);
     const auto diff = (sliced.to(torch::kDouble) - masked.to(torch::kDouble)).abs();
     const double scale = std::max(1.0, masked.to(torch::kDouble).abs().max().item<double>());
