@@ -72,7 +72,8 @@ CXXFLAGS="$flags" LDFLAGS="$flags" LDCP_BUILD_DIR="$build_dir" scripts/build.sh 
 
 # A build that lost its flags would pass everything: each executable must carry the runtime.
 for exe in server/ldcp-server client/ldcp-client tools/ldcp; do
-  if ! ldd "$build_dir/$exe" | grep -q "lib$runtime\.so"; then
+  # Not `ldd | grep -q`: grep's early exit makes ldd fail on SIGPIPE under pipefail.
+  if ! grep -q "lib$runtime\.so" <<<"$(ldd "$build_dir/$exe")"; then
     echo "sanitize: $build_dir/$exe is not linked with lib$runtime" >&2
     exit 2
   fi
