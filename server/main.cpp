@@ -27,6 +27,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 
+#include "model/runtime/device.h"
 #include "model/runtime/dtype.h"
 #include "server/auth.h"
 #include "server/calibration.h"
@@ -100,7 +101,7 @@ int serve(const ServerConfig& c) {
     throw std::invalid_argument("--gates: no such file: " + c.gates_file);
   }
   ldcp::pipelines::PipelineOptions options;
-  options.device = c10::Device(c.device);
+  options.device = ldcp::runtime::parse_device(c.device);
   const auto dtype = ldcp::runtime::resolve_dtype(c.dtype, options.device);
   options.dtype = dtype.dtype;
   options.prefer_fp16_weights = c.fp16_weights;

@@ -27,6 +27,7 @@ void add_tune_schedule_command(CLI::App& app);
 c10::ScalarType parse_dtype(const std::string& name, const c10::Device& device);
 // The --dtype option of a command: default auto, LDCP_DTYPE from the environment.
 void add_dtype_option(CLI::App* app, std::string& dtype, const std::string& help = "");
+// --device (runtime::parse_device: a CUDA device loads libtorch's CUDA backend first).
 c10::Device parse_device(const std::string& name);
 // --linear-backend auto|aten|onednn (PipelineOptions::linear_backend), default auto,
 // LDCP_LINEAR_BACKEND from the environment.

@@ -15,6 +15,7 @@
 #include "model/pruning/gate_scores.h"
 #include "model/pruning/step_schedule.h"
 #include "model/pruning/unet_pruner.h"
+#include "model/runtime/device.h"
 #include "model/runtime/dtype.h"
 #include "model/schedulers/scheduler.h"
 #include "tools/commands.h"
@@ -59,21 +60,7 @@ void add_dtype_option(CLI::App* app, std::string& dtype, const std::string& help
       ->check(CLI::IsMember({"auto", "fp32", "fp16", "bf16", "float32", "float16", "bfloat16"}));
 }
 
-c10::Device parse_device(const std::string& name) {
-  c10::Device device(c10::kCPU);
-  try {
-    device = c10::Device(name);
-  } catch (const std::exception&) {
-    throw std::invalid_argument("--device must be cpu, cuda or cuda:N, got \"" + name + "\"");
-  }
-  if (!device.is_cpu() && !device.is_cuda()) {
-    throw std::invalid_argument("--device must be cpu, cuda or cuda:N, got \"" + name + "\"");
-  }
-  if (device.is_cuda() && !torch::cuda::is_available()) {
-    throw std::invalid_argument("--device " + name + ": CUDA is not available on this machine");
-  }
-  return device;
-}
+c10::Device parse_device(const std::string& name) { return runtime::parse_device(name); }
 
 void add_memory_format_option(CLI::App& command, bool& channels_last) {
   command
@@ -129,7 +116,7 @@ struct GenerateArgs {
   std::optional<double> pruning_budget;
   std::string lora_dir;            // --lora NAME: NAME.safetensors there (or NAME a path)
   std::vector<std::string> loras;  // NAME:WEIGHT
-  std::string init_image, mask;  // img2img / inpainting
+  std::string init_image, mask;    // img2img / inpainting
 
   bool no_metadata = false;  // no "parameters" text in the PNGs
 };

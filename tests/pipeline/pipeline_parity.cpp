@@ -15,6 +15,7 @@
 #include "model/io/safetensors.h"
 #include "model/pipelines/image_io.h"
 #include "model/pipelines/pipeline_stable_diffusion.h"
+#include "model/runtime/device.h"
 #include "model/runtime/dtype.h"
 #include "tests/common/test_util.h"
 
@@ -59,7 +60,7 @@ PipelineTolerance pipeline_tolerance(c10::ScalarType dtype, c10::ScalarType refe
 
 PipelineRun pipeline_run_from_env(std::optional<c10::ScalarType> forced_dtype) {
   PipelineRun run;
-  run.device = c10::Device(env_or("LDCP_TEST_DEVICE", "cpu"));
+  run.device = runtime::parse_device(env_or("LDCP_TEST_DEVICE", "cpu"), "LDCP_TEST_DEVICE");
   if (forced_dtype) {
     run.dtype = *forced_dtype;
   } else {

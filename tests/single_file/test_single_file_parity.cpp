@@ -16,6 +16,7 @@
 #include "model/io/json_file.h"
 #include "model/io/safetensors.h"
 #include "model/pipelines/pipeline_stable_diffusion.h"
+#include "model/runtime/device.h"
 #include "tests/common/test_util.h"
 
 namespace ldcp {
@@ -30,7 +31,8 @@ TEST(SingleFileParity, ImagesMatchDiffusersFromSingleFile) {
   ASSERT_FALSE(cases.empty());
   const char* device = std::getenv("LDCP_TEST_DEVICE");
   pipelines::PipelineOptions options;
-  options.device = c10::Device(device != nullptr && *device != '\0' ? device : "cpu");
+  options.device = ldcp::runtime::parse_device(
+      device != nullptr && *device != '\0' ? device : "cpu", "LDCP_TEST_DEVICE");
   std::map<std::string, std::unique_ptr<pipelines::StableDiffusionPipeline>> loaded;
   for (const auto& c : cases) {
     const std::string name = c.at("name");
