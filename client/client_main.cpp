@@ -1,6 +1,7 @@
 // ldcp-client: calls ldcp-server.
 //   ldcp-client generate --target ADDR --prompt TEXT --out FILE.png [request fields]
 //   ldcp-client health --target ADDR [--service NAME]
+//   ldcp-client list-models --target ADDR [--json]
 // `generate` streams progress (a bar on a terminal) from GenerateStream, or calls the unary
 // Generate with --unary. Errors print the gRPC status and message and exit non-zero (the exit
 // code is 10 + the gRPC status code). Retries on UNAVAILABLE with backoff (service config).
@@ -22,6 +23,7 @@
 #include <tuple>
 #include <vector>
 
+#include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 #include <CLI/CLI.hpp>
 
@@ -196,6 +198,7 @@ struct GenerateOptions {
   Connection connection;
   std::string out = "out.png";
   std::string prompt, negative_prompt, sampler, request_id, pruning = "auto", per_step_levels;
+  std::string model;  // empty: the server's default model
   uint32_t width = 0, height = 0, steps = 0, num_images = 0, preview_every = 0;
   std::optional<double> guidance, level, max_level, flops_budget, strength;
   std::string init_image, mask;  // img2img / inpainting: image files sent as they are
@@ -227,6 +230,7 @@ int generate(const GenerateOptions& o) {
   req.set_priority(o.priority);
   req.set_preview_every(o.preview_every);
   req.set_output_format(ldcp::v1::OUTPUT_FORMAT_PNG);
+  req.set_model(o.model);
   // --init-image, --mask: the files' bytes as they are (the server decodes and bounds them).
   for (auto [flag, path, field] :
        {std::tuple{"--init-image", &o.init_image, req.mutable_init_image()},
@@ -361,10 +365,62 @@ int health(const Connection& connection, const std::string& service, double time
   return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING ? 0 : 1;
 }
 
+// ListModels: one line per model (the first is the default), or the response as JSON.
+int list_models(const Connection& connection, bool json, double timeout_s) {
+  std::shared_ptr<grpc::Channel> channel;
+  std::string token;
+  try {
+    channel = make_channel(connection, 4 << 20, true);
+    token = bearer_token(connection);
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "ldcp-client: " << e.what() << "\n";
+    return 2;
+  }
+  auto stub = ldcp::v1::ImageGeneration::NewStub(channel);
+  grpc::ClientContext ctx;
+  authorize(ctx, token);
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
+  ldcp::v1::ListModelsResponse resp;
+  auto status = stub->ListModels(&ctx, ldcp::v1::ListModelsRequest(), &resp);
+  if (!status.ok()) return fail(status);
+  if (json) {
+    std::string text;
+    google::protobuf::util::JsonPrintOptions options;
+    options.always_print_primitive_fields = true;
+    options.preserve_proto_field_names = true;
+    if (!google::protobuf::util::MessageToJsonString(resp, &text, options).ok()) return 1;
+    std::cout << text << "\n";
+    return 0;
+  }
+  for (const auto& m : resp.models()) {
+    std::string loras, budgets;
+    for (const auto& l : m.loaded_loras()) loras += (loras.empty() ? "" : ",") + l;
+    for (double b : m.flops_budgets()) {
+      std::ostringstream s;
+      s << b;
+      budgets += (budgets.empty() ? "" : ",") + s.str();
+    }
+    std::printf(
+        "%s%s: %s, native %ux%u, scores %s%s%s%s, loaded LoRAs %s, weights %lld bytes%s%s\n",
+        m.name().c_str(), m.is_default() ? " (default)" : "", m.architecture().c_str(),
+        m.native_size(), m.native_size(), m.gate_scores().c_str(),
+        m.gates_file().empty() ? "" : (" from " + m.gates_file()).c_str(),
+        budgets.empty() ? "" : ", FLOPs budgets ", budgets.c_str(),
+        loras.empty() ? "none" : loras.c_str(), static_cast<long long>(m.weights_bytes()),
+        m.hash().empty() ? "" : ", hash ", m.hash().c_str());
+  }
+  std::printf("memory budget %lld bytes, weights %lld bytes\n",
+              static_cast<long long>(resp.memory_budget_bytes()),
+              static_cast<long long>(resp.weights_bytes()));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"ldcp-client: generate images with ldcp-server, or check its health"};
+  CLI::App app{
+      "ldcp-client: generate images with ldcp-server, list its models, or check its health"};
   app.require_subcommand(1);
   GenerateOptions g;
   auto* gen = app.add_subcommand("generate", "Generate images (progress from GenerateStream)");
@@ -403,6 +459,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"plain", "a1111"}));
   gen->add_option("--clip-skip", g.clip_skip,
                   "0/1: the text encoder's last layer; N: N - 1 layers before it");
+  gen->add_option("--model", g.model,
+                  "The server's model to use (ldcp-client list-models; default: its first)");
   gen->add_option("--lora", g.loras,
                   "NAME:WEIGHT (repeatable): a LoRA of the server's --lora-dir at that weight");
   gen->add_option("--request-id", g.request_id, "Request id (echoed and logged)");
@@ -426,7 +484,18 @@ int main(int argc, char** argv) {
   hc->add_option("--service", h_service, "Service name (empty: the whole server)");
   hc->add_option("--timeout", h_timeout, "Deadline in seconds")->capture_default_str();
 
+  Connection l_connection;
+  bool l_json = false;
+  double l_timeout = 10;
+  auto* lm = app.add_subcommand("list-models",
+                                "ListModels: the server's models (name, architecture, native size, "
+                                "pruning scores, loaded LoRAs)");
+  add_connection_options(lm, l_connection);
+  lm->add_flag("--json", l_json, "Print the response as JSON");
+  lm->add_option("--timeout", l_timeout, "Deadline in seconds")->capture_default_str();
+
   CLI11_PARSE(app, argc, argv);
   if (gen->parsed()) return generate(g);
+  if (lm->parsed()) return list_models(l_connection, l_json, l_timeout);
   return health(h_connection, h_service, h_timeout);
 }

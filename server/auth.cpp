@@ -84,14 +84,17 @@ void parse_field(std::string_view field, ClientPolicy& c, const std::string& whe
   } else if (key == "max_queued") {
     c.max_queued = parse_int(value, 0, 1 << 20, at);
   } else if (key == "methods") {
-    c.generate = c.generate_stream = false;
+    c.generate = c.generate_stream = c.list_models = false;
     for (auto m : split(value, ',')) {
       if (m == "Generate")
         c.generate = true;
       else if (m == "GenerateStream")
         c.generate_stream = true;
+      else if (m == "ListModels")
+        c.list_models = true;
       else
-        throw std::invalid_argument(at + ": Generate or GenerateStream, got " + quote_prefix(m));
+        throw std::invalid_argument(at + ": Generate, GenerateStream or ListModels, got " +
+                                    quote_prefix(m));
     }
   } else if (key == "pruning") {
     c.pruning_auto = c.pruning_off = c.pruning_fixed = false;
@@ -190,7 +193,7 @@ std::vector<ClientPolicy> parse_tokens(const std::string& text, const std::strin
                                   "' has the same token hash as an earlier client");
     }
     for (size_t i = 2; i < cols.size(); ++i) parse_field(cols[i], c, where);
-    if (!c.generate && !c.generate_stream) {
+    if (!c.generate && !c.generate_stream && !c.list_models) {
       throw std::invalid_argument(where + ": methods: names no method");
     }
     if (!c.pruning_auto && !c.pruning_off && !c.pruning_fixed) {
@@ -375,15 +378,21 @@ std::shared_ptr<AdmissionTicket::Counters> Authenticator::counters_for(const std
   return c;
 }
 
+bool Authenticator::may_call(const Identity& who, std::string_view method) {
+  if (!who.policy) return true;  // auth off
+  const ClientPolicy& p = *who.policy;
+  return (method == "Generate" && p.generate) ||
+         (method == "GenerateStream" && p.generate_stream) ||
+         (method == "ListModels" && p.list_models);
+}
+
 Admission Authenticator::admit(const Identity& who, std::string_view method, PruningKind pruning,
                                int requested_priority) {
   Admission a;
   a.priority = requested_priority;
   if (!who.policy) return a;  // auth off
   const ClientPolicy& p = *who.policy;
-  const bool method_ok =
-      (method == "Generate" && p.generate) || (method == "GenerateStream" && p.generate_stream);
-  if (!method_ok) {
+  if (!may_call(who, method) || method == "ListModels") {
     a.code = AuthCode::kPermissionDenied;
     a.message = "client '" + p.name + "' may not call " + std::string(method);
     return a;

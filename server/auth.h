@@ -18,8 +18,8 @@
 //                     limit of its own); beyond it RESOURCE_EXHAUSTED
 //   max_queued=N      of those, the ones that have not started their first denoising step
 //                     (default 0: no limit of its own); beyond it RESOURCE_EXHAUSTED
-//   methods=A,B       the RPCs it may call: Generate, GenerateStream (default both); others
-//                     PERMISSION_DENIED
+//   methods=A,B       the RPCs it may call: Generate, GenerateStream, ListModels (default
+//                     all); others PERMISSION_DENIED
 //   pruning=A,B       the pruning modes it may ask for: auto, off, fixed (default all); others
 //                     PERMISSION_DENIED
 //
@@ -54,7 +54,7 @@ struct ClientPolicy {
   int max_priority = 0;
   int64_t max_in_flight = 0;                                           // 0: no per-client limit
   int64_t max_queued = 0;                                              // 0: no per-client limit
-  bool generate = true, generate_stream = true;                        // methods
+  bool generate = true, generate_stream = true, list_models = true;    // methods
   bool pruning_auto = true, pruning_off = true, pruning_fixed = true;  // pruning modes
 };
 
@@ -117,6 +117,9 @@ class Authenticator {
   // request from `who`: the permission checks, the priority clamp and the client's limits.
   Admission admit(const Identity& who, std::string_view method, PruningKind pruning,
                   int requested_priority);
+  // Whether `who` may call `method` ("Generate", "GenerateStream", "ListModels"): always with
+  // authentication off. The other checks of admit() are for generation requests.
+  static bool may_call(const Identity& who, std::string_view method);
   // The names of the current clients (for zero-valued metric series).
   std::vector<std::string> client_names() const;
   // Re-reads the file now; false (and the previous clients kept) when it does not parse.

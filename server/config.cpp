@@ -11,12 +11,16 @@ namespace ldcp::server {
 
 void add_options(CLI::App& app, ServerConfig& c) {
   auto env = [](const char* name) { return std::string("LDCP_") + name; };
-  app.add_option("--model", c.model_dir,
+  app.add_option("--model", c.models,
                  "Diffusers-format model folder, or a single-file SD1.5 checkpoint "
-                 "(.safetensors, original layout) (required)")
+                 "(.safetensors, original layout) (required). Several models: NAME=PATH, "
+                 "repeated (requests name one in `model`; the first is the default); NAME is "
+                 "1-64 of [A-Za-z0-9._-]. All are loaded and calibrated at start-up")
       ->envname(env("MODEL"))
       ->required();
-  app.add_option("--gates", c.gates_file, "Pruning gates file (learned channel gates)")
+  app.add_option("--gates", c.gates,
+                 "Pruning gates file (learned channel gates) of the first model; with several "
+                 "models NAME=FILE, repeated")
       ->envname(env("GATES"));
   app.add_option("--device", c.device, "cpu, cuda or cuda:N")
       ->envname(env("DEVICE"))

@@ -14,8 +14,9 @@ namespace ldcp::server {
 
 struct ServerConfig {
   // Model and device.
-  std::string model_dir;
-  std::string gates_file;
+  // --model PATH, or NAME=PATH repeated; --gates FILE or NAME=FILE repeated (model_specs.h).
+  std::vector<std::string> models;
+  std::vector<std::string> gates;
   std::string device = "cpu";
   std::string dtype = "auto";           // runtime/dtype.h
   std::string linear_backend = "auto";  // runtime/linear_backend.h: auto, aten or onednn

@@ -20,6 +20,15 @@ class OutOfMemory : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// What ListModels reports of a model beyond its name and size.
+struct ModelDescription {
+  std::string architecture;  // "sd15", "sd15-inpainting" or a summary of the U-Net's config
+  std::string gate_scores;   // "learned", "magnitude", "random"
+  std::string gates_file;    // the file's name, no directory; empty without one
+  std::vector<double> flops_budgets;      // the gates file's learned step schedules
+  std::vector<std::string> loaded_loras;  // the LoRA cache's files now, most recent first
+};
+
 class Engine {
  public:
   virtual ~Engine() = default;
@@ -44,6 +53,9 @@ class Engine {
   // What a calibration run needs beyond the text-to-image fields calibrate() sets: an
   // inpainting model (9-channel U-Net) an init image and a mask. Default: nothing.
   virtual void complete_calibration_params(pipelines::GenerationParams& params) const {}
+
+  // For ListModels; default: nothing known.
+  virtual ModelDescription describe() const { return {}; }
 
   // Measured memory of the engine's device now (allocator statistics).
   virtual runtime::MemoryStats memory() const = 0;

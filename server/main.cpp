@@ -40,6 +40,8 @@
 #include "server/memory_budget.h"
 #include "server/metrics.h"
 #include "server/metrics_http.h"
+#include "server/model_registry.h"
+#include "server/model_specs.h"
 #include "server/request_scheduler.h"
 #include "server/sd_engine.h"
 #include "server/service.h"
@@ -97,9 +99,7 @@ void apply_transport_bounds(grpc::ServerBuilder& builder, const ServerConfig& c)
 }
 
 int serve(const ServerConfig& c) {
-  if (!c.gates_file.empty() && !std::filesystem::is_regular_file(c.gates_file)) {
-    throw std::invalid_argument("--gates: no such file: " + c.gates_file);
-  }
+  const auto specs = parse_model_specs(c.models, c.gates);
   ldcp::pipelines::PipelineOptions options;
   options.device = ldcp::runtime::parse_device(c.device);
   const auto dtype = ldcp::runtime::resolve_dtype(c.dtype, options.device);
@@ -108,7 +108,6 @@ int serve(const ServerConfig& c) {
   options.linear_backend = c.linear_backend;
   options.score_source = c.score_source;
   options.vae_tile_size = c.vae_tile_size;
-  if (!c.gates_file.empty()) options.gates_file = c.gates_file;
   if (!c.lora_dir.empty() && !std::filesystem::is_directory(c.lora_dir)) {
     throw std::invalid_argument("--lora-dir: no such directory: " + c.lora_dir);
   }
@@ -140,25 +139,11 @@ int serve(const ServerConfig& c) {
       std::chrono::milliseconds(static_cast<int64_t>(std::ceil(c.metrics_refresh_s * 1000)));
   MetricsHttpServer metrics_http(c.metrics_listen, metrics.registry(), metrics_options);
 
-  log_info("loading " + c.model_dir + " on " + c.device + " (" + dtype.name + ", " + dtype.reason +
-           ")");
-  SdEngine engine(c.model_dir, options);
-  log_info("linears: " + ldcp::runtime::linear_backend_name(engine.linear_backend().backend) +
-           " (" + engine.linear_backend().reason + ")");
-  // The PNGs' "parameters" text names the model by its hash: read once, here.
-  std::optional<ldcp::pipelines::ModelIdentity> png_model;
-  if (c.png_metadata) {
-    const auto start = std::chrono::steady_clock::now();
-    png_model = ldcp::pipelines::identify_model(c.model_dir, c.fp16_weights, c.gates_file);
-    png_model->gate_scores = engine.score_source();
-    png_model->lora_hashes = std::make_shared<ldcp::pipelines::LoraFileHashes>(c.lora_dir);
-    log_info(strf("PNG metadata: model %s, hash %s (SHA-256 of %s, %.1f s)",
-                  png_model->name.c_str(), png_model->hash.c_str(),
-                  png_model->hashed_file.string().c_str(),
-                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()));
-  } else {
-    log_info("PNG metadata: off (--no-png-metadata)");
-  }
+  std::string names;
+  for (const auto& m : specs) names += (names.empty() ? "" : ", ") + m.name;
+  log_info("loading " + names + " on " + c.device + " (" + dtype.name + ", " + dtype.reason + ")");
+  auto models = load_models(specs, options, c);
+  SdEngine& engine = *models.front()->engine;  // the device's meter is every model's
   int64_t budget_bytes = c.memory_budget.empty() ? 0 : parse_bytes(c.memory_budget);
   const int64_t headroom = parse_bytes(c.memory_headroom);
   if (budget_bytes == 0 && engine.memory().device_total_bytes <= 0) {
@@ -177,27 +162,24 @@ int serve(const ServerConfig& c) {
   MemoryBudget budget(budget_bytes, headroom, [&engine] { return engine.memory(); });
   metrics.set_memory(budget.in_use_bytes(), budget.budget_bytes());
 
-  // Calibration: real runs at the configured sizes and levels.
-  CalibrationPlan plan;
-  const int64_t native = engine.native_resolution();
-  plan.sizes = parse_sizes(c.calibrate_sizes);
-  if (plan.sizes.empty()) {
-    const int64_t s = c.default_size > 0 ? c.default_size : native;
-    plan.sizes = {{s, s}};
-  }
-  plan.levels = parse_levels(c.calibrate_levels, "--calibrate-levels");
-  // Every batch size up to --max-batch is measured, not extrapolated: the peak is not linear in
-  // the batch (allocator rounding, attention buffers), and an underestimate is an OOM on a GPU.
-  plan.batch_sizes = calibration_batch_sizes(c.max_batch);
-  plan.steps = c.calibrate_steps;
-  plan.sampler = c.default_sampler;
-  CostModel costs;
-  std::vector<CalibrationRun> calibration_runs;
-  const auto calibrated = calibrate(engine, costs, plan, &calibration_runs);
+  // Calibration: real runs of every model at the configured sizes and levels. The baseline
+  // after it holds every model's weights: the budget's free memory for activations is the
+  // budget less all of them.
+  calibrate_models(models, c);
   budget.set_baseline_from_measurement();
-  log_info(strf("memory budget %lld bytes, %lld in use with the model loaded",
-                static_cast<long long>(budget.budget_bytes()),
-                static_cast<long long>(budget.baseline_bytes())));
+  log_info(
+      strf("memory budget %lld bytes, %lld in use with the model(s) loaded (weights of %zu "
+           "model(s): %lld bytes)",
+           static_cast<long long>(budget.budget_bytes()),
+           static_cast<long long>(budget.baseline_bytes()), models.size(),
+           static_cast<long long>(total_weights_bytes(models))));
+  if (budget.capacity_bytes() <= 0) {
+    throw std::invalid_argument(
+        strf("the loaded models take %lld bytes, the whole memory budget of %lld: nothing is left "
+             "for a batch (raise --memory-budget or serve fewer models)",
+             static_cast<long long>(budget.baseline_bytes()),
+             static_cast<long long>(budget.budget_bytes())));
+  }
 
   SchedulerConfig sc;
   sc.max_queue = c.max_queue;
@@ -208,21 +190,25 @@ int serve(const ServerConfig& c) {
   sc.hysteresis_fraction = c.hysteresis_fraction;
   sc.hysteresis_decisions = c.hysteresis_decisions;
   sc.idle_decay = std::chrono::milliseconds(static_cast<int64_t>(c.idle_decay_s * 1000));
-  // AUTO's grid: the configured levels, up to the highest level calibration could run.
-  const double top = calibrated.empty() ? 0.0 : calibrated.back();
+  // AUTO's grid: the configured levels, up to the highest level calibration could run on every
+  // model.
+  const double top = highest_common_level(models);
   sc.levels.clear();
   for (double l : parse_levels(c.levels, "--levels")) {
     if (l <= top + 1e-12) sc.levels.push_back(l);
   }
   metrics.set_queue_capacity(sc.max_queue);
-  RequestScheduler scheduler(engine, budget, costs, &metrics, sc);
-  for (const auto& r : calibration_runs) {
-    scheduler.auto_policy().record_batch(r.level, r.images, r.steps, r.seconds, r.fixed_seconds,
-                                         r.pixels);
+  RequestScheduler scheduler(scheduled_models(models), budget, &metrics, sc);
+  for (size_t i = 0; i < models.size(); ++i) {
+    for (const auto& r : models[i]->calibration_runs) {
+      scheduler.auto_policy(i).record_batch(r.level, r.images, r.steps, r.seconds, r.fixed_seconds,
+                                            r.pixels);
+    }
   }
-  GenerationService service(scheduler, engine, &metrics, RequestLimits::from(c, native));
+  for (const auto& m : models) metrics.add_model(m->spec.name);
+  GenerationService service(scheduler, served_models(models), &metrics,
+                            RequestLimits::from(c, engine.native_resolution()), &budget);
   service.set_authenticator(&auth);
-  if (png_model) service.set_png_metadata(*png_model);
   for (const auto& name : auth.client_names()) metrics.add_client(name);
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -245,9 +231,8 @@ int serve(const ServerConfig& c) {
     health_only->set_serving(true);
     health_only->set_serving("ldcp.v1.ImageGeneration", true);
   }
-  log_info(strf("serving %s on %s (port %d), metrics on %s (port %d) /metrics",
-                engine.model_name().c_str(), c.listen.c_str(), port, c.metrics_listen.c_str(),
-                metrics_http.port()));
+  log_info(strf("serving %s on %s (port %d), metrics on %s (port %d) /metrics", names.c_str(),
+                c.listen.c_str(), port, c.metrics_listen.c_str(), metrics_http.port()));
   log_info(strf("gRPC transport: %s; authentication: %s; reflection %s; health-only listener %s",
                 describe(tls).c_str(),
                 auth.enabled() ? ("bearer tokens from " + c.auth_tokens_file).c_str() : "off",

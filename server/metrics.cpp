@@ -135,22 +135,34 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                      .Help("The pruning level AUTO requests get now (with hysteresis)")
                      .Register(r)
                      .Add({});
-  // Zero series so that dashboards and queries see every method before the first request.
-  for (const char* m : {"Generate", "GenerateStream"}) {
-    latency_->Add({{"method", m}}, latency_buckets());
-    requests_->Add({{"method", m}, {"status", "OK"}, {"client", "anonymous"}});
-  }
 }
 
 void Metrics::request_finished(const std::string& method, const std::string& status, double seconds,
-                               const std::string& client) {
-  requests_->Add({{"method", method}, {"status", status}, {"client", client}}).Increment();
-  latency_->Add({{"method", method}}, latency_buckets()).Observe(seconds);
+                               const std::string& client, const std::string& model) {
+  requests_->Add({{"method", method}, {"status", status}, {"client", client}, {"model", model}})
+      .Increment();
+  latency_->Add({{"method", method}, {"model", model}}, latency_buckets()).Observe(seconds);
 }
 
+// Zero series so that dashboards and queries see every method, client and model before the
+// first request.
 void Metrics::add_client(const std::string& client) {
+  std::lock_guard lock(models_mu_);
+  for (const auto& model : models_) {
+    for (const char* m : {"Generate", "GenerateStream"}) {
+      requests_->Add({{"method", m}, {"status", "OK"}, {"client", client}, {"model", model}});
+    }
+  }
+}
+
+void Metrics::add_model(const std::string& model) {
+  {
+    std::lock_guard lock(models_mu_);
+    models_.push_back(model);
+  }
   for (const char* m : {"Generate", "GenerateStream"}) {
-    requests_->Add({{"method", m}, {"status", "OK"}, {"client", client}});
+    latency_->Add({{"method", m}, {"model", model}}, latency_buckets());
+    requests_->Add({{"method", m}, {"status", "OK"}, {"client", "anonymous"}, {"model", model}});
   }
 }
 

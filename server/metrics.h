@@ -7,6 +7,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
@@ -25,10 +26,15 @@ class Metrics {
   // "INVALID_ARGUMENT", ...), latency from arrival to the response.
   // client: the caller's name from --auth-tokens-file, "unauthenticated" for a request without a
   // valid token, "anonymous" when authentication is off (a bounded label: ldcp_requests_total).
+  // model: a name from --model, or "none" for a request rejected before its model was known
+  // and for ListModels (bounded: the service passes no other; ldcp_requests_total and
+  // ldcp_request_duration_seconds).
   void request_finished(const std::string& method, const std::string& status, double seconds,
-                        const std::string& client = "anonymous");
+                        const std::string& client = "anonymous", const std::string& model = "none");
   // Zero-valued series for a client, so queries see it before its first request.
   void add_client(const std::string& client);
+  // Zero-valued series for a model (main.cpp: every --model), as for clients.
+  void add_model(const std::string& model);
   void queue_wait(double seconds);
   void denoising_step(double seconds);
   // One served request: peak memory of its batch, pruning ratio, the level it ran at.
@@ -74,6 +80,8 @@ class Metrics {
   prometheus::Gauge* memory_in_use_;
   prometheus::Gauge* memory_budget_;
   prometheus::Gauge* auto_level_;
+  std::mutex models_mu_;
+  std::vector<std::string> models_;  // add_model's, for add_client's zero series
 };
 
 // "0.30": the label value of a pruning level.

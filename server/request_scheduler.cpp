@@ -4,6 +4,7 @@
 #include <cmath>
 #include <exception>
 #include <limits>
+#include <stdexcept>
 #include <string_view>
 
 #include <boost/asio/post.hpp>
@@ -66,17 +67,24 @@ bool deadline_passed(const Job& job, Clock::time_point now, bool cancelled) {
 
 RequestScheduler::RequestScheduler(Engine& engine, MemoryBudget& budget, CostModel& costs,
                                    Metrics* metrics, SchedulerConfig config)
-    : engine_(engine),
+    : RequestScheduler(std::vector<ScheduledModel>{{&engine, &costs}}, budget, metrics,
+                       std::move(config)) {}
+
+RequestScheduler::RequestScheduler(std::vector<ScheduledModel> models, MemoryBudget& budget,
+                                   Metrics* metrics, SchedulerConfig config)
+    : models_(std::move(models)),
       budget_(budget),
-      costs_(costs),
       metrics_(metrics),
       config_(std::move(config)),
       work_(boost::asio::make_work_guard(io_)),
       window_timer_(io_),
       sweep_timer_(io_),
       model_pool_(static_cast<size_t>(std::max(1, config_.workers))),
-      completion_pool_(2),
-      policy_(config_.auto_policy) {
+      completion_pool_(2) {
+  if (models_.empty()) throw std::invalid_argument("the scheduler needs at least one model");
+  for (size_t i = 0; i < models_.size(); ++i) {
+    auto_.push_back(std::make_unique<AutoState>(config_.auto_policy));
+  }
   auto& levels = config_.levels;
   levels.push_back(0.0);
   std::sort(levels.begin(), levels.end());
@@ -125,7 +133,9 @@ void RequestScheduler::submit(std::shared_ptr<Job> job) {
   {
     std::lock_guard lock(mu_);
     const auto now = Clock::now();
-    if (draining_ || aborting_) {
+    if (job->model >= models_.size()) {
+      reject = failure(Status::kInvalidArgument, "model: no such model");
+    } else if (draining_ || aborting_) {
       reject =
           failure(Status::kUnavailable, "the server is shutting down; retry on another replica");
     } else if (job->deadline && *job->deadline <= now) {
@@ -157,7 +167,8 @@ void RequestScheduler::submit(std::shared_ptr<Job> job) {
               return a->seq < b->seq;
             });
         queue_.insert(pos, job);
-        policy_.record_arrival(images_of(*job), now);  // every mode shares the model
+        // Every mode shares the model; each model has its own arrival rate.
+        auto_[job->model]->policy.record_arrival(images_of(*job), now);
         update_gauges_locked();
       }
     }
@@ -328,7 +339,7 @@ void RequestScheduler::execute(std::shared_ptr<Batch> batch) {
     } running_guard{engine_runs_};
     try {
       const auto run_start = Clock::now();
-      auto results = engine_.run(params, callback);
+      auto results = engine_of(*batch->jobs.front()).run(params, callback);
       const double run_seconds = seconds_between(run_start, Clock::now());
       const bool ran_alone = started_alone && run_epoch_.load() == epoch;
       bool all_complete = true;
@@ -353,9 +364,10 @@ void RequestScheduler::execute(std::shared_ptr<Batch> batch) {
         // On CUDA the reserved peak can exceed the allocated one (fragmentation): the cost is
         // what the batch took from the budget, so it includes that excess.
         const int64_t peak = budget_.batch_peak_bytes(first.peak_memory_bytes);
-        costs_.observe(batch->images, params[0].width, params[0].height, batch->memory_level,
-                       first.peak_memory_above_weights_bytes + (peak - first.peak_memory_bytes),
-                       batch->guided);
+        costs_of(*batch->jobs.front())
+            .observe(batch->images, params[0].width, params[0].height, batch->memory_level,
+                     first.peak_memory_above_weights_bytes + (peak - first.peak_memory_bytes),
+                     batch->guided);
         if (peak > budget_.budget_bytes()) {
           if (metrics_) metrics_->budget_overrun();
           log_warn(
@@ -370,13 +382,15 @@ void RequestScheduler::execute(std::shared_ptr<Batch> batch) {
         if (batch->memory_level == batch->level) {
           const auto& t = first.timings;
           const double fixed = t.total_s > 0 ? std::max(0.0, t.total_s - t.denoising_s) : 0.0;
-          policy_.record_batch(batch->level, batch->images, pipelines::steps_run(params[0]),
-                               run_seconds, fixed, params[0].width * params[0].height);
+          auto_[batch->jobs.front()->model]->policy.record_batch(
+              batch->level, batch->images, pipelines::steps_run(params[0]), run_seconds, fixed,
+              params[0].width * params[0].height);
         }
       }
     } catch (const OutOfMemory& e) {
-      costs_.observe_oom(batch->images, params[0].width, params[0].height, batch->memory_level,
-                         batch->free_at_start, batch->guided);
+      costs_of(*batch->jobs.front())
+          .observe_oom(batch->images, params[0].width, params[0].height, batch->memory_level,
+                       batch->free_at_start, batch->guided);
       log_warn(strf("out of memory in a batch of %zu request(s) at level %.2f: %s", params.size(),
                     batch->level, first_line(e.what()).c_str()));
       for (size_t i : index) {
@@ -465,7 +479,9 @@ void RequestScheduler::update_gauges_locked() {
   if (metrics_) {
     metrics_->set_queue_depth(static_cast<int64_t>(queue_.size()));
     metrics_->set_in_flight(running_requests_);
-    metrics_->set_auto_level(sticky_level_);
+    double level = 0;
+    for (const auto& a : auto_) level = std::max(level, a->sticky_level);
+    metrics_->set_auto_level(level);
   }
   if (queue_.empty() && running_batches_ == 0) idle_cv_.notify_all();
 }
@@ -479,12 +495,16 @@ void RequestScheduler::decay_when_idle_locked() {
   if (!idle_since_) idle_since_ = now;
   if (config_.idle_decay.count() <= 0 || now - *idle_since_ < config_.idle_decay) return;
   idle_since_ = now;
-  const double below = grid_level_below(sticky_level_, 0.0);
-  if (below < sticky_level_) {
-    sticky_level_ = below;
-    down_streak_ = 0;
-    update_gauges_locked();
+  bool lowered = false;
+  for (auto& a : auto_) {
+    const double below = grid_level_below(a->sticky_level, 0.0);
+    if (below < a->sticky_level) {
+      a->sticky_level = below;
+      a->down_streak = 0;
+      lowered = true;
+    }
   }
+  if (lowered) update_gauges_locked();
 }
 
 void RequestScheduler::arm_sweep() {
@@ -547,7 +567,9 @@ int64_t RequestScheduler::running_requests() const {
 
 double RequestScheduler::auto_level() const {
   std::lock_guard lock(mu_);
-  return sticky_level_;
+  double level = 0;
+  for (const auto& a : auto_) level = std::max(level, a->sticky_level);
+  return level;
 }
 
 }  // namespace ldcp::server

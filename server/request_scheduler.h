@@ -8,9 +8,12 @@
 //   accepts: RESOURCE_EXHAUSTED at once.
 // - The head of the queue runs when its batch fits the free memory budget (measured usage, plus
 //   the reserved costs of batches not yet at their peak); otherwise it waits (no overtaking).
-// - Batching: waiting requests compatible with the head (Engine::batchable, same pruning mode)
-//   join its U-Net batch up to max_batch images; a batch that is not full waits up to
-//   batch_window after the head's arrival for more.
+// - Several models (model_registry.h): each job names one (Job::model); each model has its
+//   engine, its calibrated cost model and its AUTO throughput table; the budget is one, its
+//   baseline every loaded model's weights. A batch never mixes models.
+// - Batching: waiting requests compatible with the head (the same model, Engine::batchable,
+//   same pruning mode) join its U-Net batch up to max_batch images; a batch that is not full waits
+//   up to batch_window after the head's arrival for more.
 // - AUTO (auto_level_policy.h): among the (batch, level) pairs that fit the free memory, the
 //   lowest level whose measured throughput covers the recent arrival rate while the queue
 //   drains; under a burst the fastest pair (the largest batch at the highest allowed level).
@@ -95,6 +98,7 @@ struct JobOutcome {
 struct Job {
   std::string id;
   std::string method;
+  size_t model = 0;  // index into the scheduler's models (0: the first, the default)
   pipelines::GenerationParams params;  // validated; params.pruning is set by the scheduler
   PruningRequest pruning;
   int priority = 0;
@@ -131,9 +135,18 @@ struct SchedulerConfig {
   AutoLevelConfig auto_policy;
 };
 
+// One model the scheduler runs: its engine and its cost model (both outlive the scheduler).
+struct ScheduledModel {
+  Engine* engine = nullptr;
+  CostModel* costs = nullptr;
+};
+
 class RequestScheduler {
  public:
   RequestScheduler(Engine& engine, MemoryBudget& budget, CostModel& costs, Metrics* metrics,
+                   SchedulerConfig config);
+  // Several models sharing the device and its budget (at least one).
+  RequestScheduler(std::vector<ScheduledModel> models, MemoryBudget& budget, Metrics* metrics,
                    SchedulerConfig config);
   ~RequestScheduler();  // cancels what is left (UNAVAILABLE) and joins the threads
   RequestScheduler(const RequestScheduler&) = delete;
@@ -151,10 +164,12 @@ class RequestScheduler {
 
   int64_t queue_depth() const;
   int64_t running_requests() const;
-  double auto_level() const;
+  double auto_level() const;  // AUTO's held level (the highest over the models)
   const SchedulerConfig& config() const { return config_; }
-  // AUTO's throughput table and arrival rate (main.cpp seeds it with the calibration runs).
-  AutoLevelPolicy& auto_policy() { return policy_; }
+  // AUTO's throughput table and arrival rate of a model (main.cpp seeds it with the model's
+  // calibration runs).
+  AutoLevelPolicy& auto_policy(size_t model = 0) { return auto_.at(model)->policy; }
+  size_t model_count() const { return models_.size(); }
 
  private:
   struct Batch;
@@ -170,15 +185,18 @@ class RequestScheduler {
   bool compatible(const Job& head, const Job& other) const;
   double allowed_max(const Job& job) const;      // the highest grid level the job may get
   int64_t job_cost_floor(const Job& job) const;  // cost alone at its most pruned level
-  double hysteresis(double best, double allowed, const std::function<int64_t(double)>& cost,
-                    int64_t free);
+  struct AutoState;
+  double hysteresis(AutoState& state, double best, double allowed,
+                    const std::function<int64_t(double)>& cost, int64_t free);
   void sweep_locked(std::vector<std::pair<std::shared_ptr<Job>, JobOutcome>>& finished);
   void update_gauges_locked();
   void arm_sweep();
 
-  Engine& engine_;
+  Engine& engine_of(const Job& job) const { return *models_[job.model].engine; }
+  CostModel& costs_of(const Job& job) const { return *models_[job.model].costs; }
+
+  std::vector<ScheduledModel> models_;
   MemoryBudget& budget_;
-  CostModel& costs_;
   Metrics* metrics_;
   SchedulerConfig config_;
 
@@ -200,12 +218,18 @@ class RequestScheduler {
   bool draining_ = false;
   std::atomic<bool> aborting_{false};
   std::string abort_reason_;
-  AutoLevelPolicy policy_;
-  std::atomic<uint64_t> run_epoch_{0};  // engine runs started
-  std::atomic<int> engine_runs_{0};  // batches inside engine_.run() now
-  double sticky_level_ = 0;
-  LevelReason sticky_reason_ = LevelReason::kNone;
-  int down_streak_ = 0;
+  // AUTO per model: its throughput table and arrival rate, and the hysteresis' held level (a
+  // model's memory pressure must not hold another model's level up).
+  struct AutoState {
+    explicit AutoState(const AutoLevelConfig& config) : policy(config) {}
+    AutoLevelPolicy policy;
+    double sticky_level = 0;
+    LevelReason sticky_reason = LevelReason::kNone;
+    int down_streak = 0;
+  };
+  std::vector<std::unique_ptr<AutoState>> auto_;  // per model
+  std::atomic<uint64_t> run_epoch_{0};                      // engine runs started
+  std::atomic<int> engine_runs_{0};                         // batches inside engine_.run() now
   std::optional<std::chrono::steady_clock::time_point> idle_since_;  // control thread, under mu_
   int64_t pending_completions_ = 0;
 };

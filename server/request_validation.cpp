@@ -307,8 +307,33 @@ bool parse_request(std::string_view bytes, v1::GenerateRequest& out, std::string
   return false;
 }
 
-std::string validate_request(const v1::GenerateRequest& r, const RequestLimits& lim,
+std::string resolve_model(const v1::GenerateRequest& r, const RequestLimits& lim, size_t& index) {
+  index = 0;
+  if (r.model().empty()) return {};
+  for (size_t i = 0; i < lim.models.size(); ++i) {
+    if (lim.models[i].name == r.model()) {
+      index = i;
+      return {};
+    }
+  }
+  std::vector<std::string> names;
+  for (const auto& m : lim.models) names.push_back(m.name);
+  return "model: unknown model " + quote_prefix(r.model()) +
+         (names.empty() ? std::string(" (this server has one unnamed model: leave model empty)")
+                        : " (this server has: " + join(names) + "; empty: " + names.front() + ")");
+}
+
+std::string validate_request(const v1::GenerateRequest& r, const RequestLimits& server_limits,
                              uint64_t random_seed, ValidatedRequest& p) {
+  if (std::string error = resolve_model(r, server_limits, p.model); !error.empty()) return error;
+  // The defaults of the model asked for.
+  RequestLimits model_limits;
+  const bool per_model = !server_limits.models.empty();
+  if (per_model) {
+    model_limits = server_limits;
+    model_limits.default_size = server_limits.models[p.model].default_size;
+  }
+  const RequestLimits& lim = per_model ? model_limits : server_limits;
   if (static_cast<int64_t>(r.request_id().size()) > lim.max_request_id_chars) {
     return "request_id: at most " + std::to_string(lim.max_request_id_chars) +
            " bytes (--max-request-id-bytes), got " + std::to_string(r.request_id().size());

@@ -28,12 +28,20 @@ struct RequestLimits {
   int64_t max_images = 4;
   int64_t max_prompt_chars = 2000;
   int64_t text_encoder_layers = 12;  // clip_skip's bound (the service sets the model's)
-  int64_t max_loras = 0;              // a request's LoRAs (0: the server has no --lora-dir)
+  int64_t max_loras = 0;             // a request's LoRAs (0: the server has no --lora-dir)
   std::string default_sampler = "pndm";
   std::vector<std::string> samplers = {"pndm",    "ddim",     "euler",
                                        "euler_a", "dpmpp_2m", "dpmpp_2m_karras"};
   double max_level = 0.7;
   int64_t max_request_id_chars = 128;
+  // The models a request may name in `model` (the first: the default, for an empty name), each
+  // with the defaults that depend on it; empty: one unnamed model with the fields above (then a
+  // non-empty `model` is unknown).
+  struct Model {
+    std::string name;
+    int64_t default_size = 512;
+  };
+  std::vector<Model> models;
   // width x height x images x steps, x2 when guided (request_work); 0: unbounded.
   int64_t max_work = 4 * kDefaultRequestWork;
   // Enforced by the service, not by validate_request: the serialized request's size, and the
@@ -70,6 +78,7 @@ struct ValidatedRequest {
   bool a1111_syntax = false;  // prompt_syntax A1111 (the pipeline bounds its chunk count)
   int64_t clip_skip = 0;
   std::vector<lora::LoraSpec> loras;  // names checked as file stems; the engine finds the files
+  size_t model = 0;                   // index into RequestLimits::models (0: the default)
 };
 
 // Checks every field and fills `out`. Returns an empty string when valid, otherwise the message
@@ -92,6 +101,12 @@ struct AskedShape {
   int64_t width = 0, height = 0, steps = 0, images = 0;
 };
 AskedShape asked_shape(const v1::GenerateRequest& request, const RequestLimits& limits);
+
+// The index in `limits.models` of the request's `model` (empty: 0). Returns an empty string
+// when found, otherwise the message for INVALID_ARGUMENT ("model: unknown model ..." with a
+// short quote of the name and the server's names).
+std::string resolve_model(const v1::GenerateRequest& request, const RequestLimits& limits,
+                          size_t& index);
 
 // Parses a serialized GenerateRequest. On failure returns false and sets `error` to
 // "request is not a valid ldcp.v1.GenerateRequest: ..." (the wire format, or which string

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
+#include "model/lora/lora_cache.h"
 #include "model/models/unets/unet_2d_condition.h"
 #include "model/pruning/gate_scores.h"
 #include "model/pruning/unet_pruner.h"
@@ -15,13 +16,34 @@
 
 namespace ldcp::server {
 
+namespace {
+
+// "sd15" for SD1.5's U-Net (and "sd15-inpainting" for its 9-channel variant), otherwise the
+// config's outline.
+std::string architecture_of(const models::UNet2DConditionConfig& c) {
+  const bool sd15_widths = c.block_out_channels == std::vector<int64_t>{320, 640, 1280, 1280} &&
+                           c.cross_attention_dim_of(0) == 768 && c.layers(0) == 2;
+  if (sd15_widths && c.in_channels == 4) return "sd15";
+  if (sd15_widths && c.in_channels == 9) return "sd15-inpainting";
+  std::ostringstream s;
+  s << "unet in=" << c.in_channels << " blocks=";
+  for (size_t i = 0; i < c.block_out_channels.size(); ++i) {
+    s << (i ? "," : "") << c.block_out_channels[i];
+  }
+  s << " cross=" << c.cross_attention_dim_of(0);
+  return s.str();
+}
+
+}  // namespace
+
 SdEngine::SdEngine(const std::filesystem::path& model_dir,
-                   const pipelines::PipelineOptions& options)
+                   const pipelines::PipelineOptions& options, std::string name)
     : pipeline_(pipelines::StableDiffusionPipeline::load(model_dir, options)),
-      meter_(options.device) {
+      meter_(options.device),
+      name_(std::move(name)) {
   auto dir = std::filesystem::absolute(model_dir).lexically_normal();
   if (dir.filename().empty()) dir = dir.parent_path();
-  name_ = dir.filename().string();
+  if (name_.empty()) name_ = dir.filename().string();
   const auto& scores = pipeline_->pruner().scores();
   log_info("pruning scores: " + scores.source +
            (options.gates_file.empty() ? std::string() : " from " + options.gates_file.string()));
@@ -39,6 +61,16 @@ SdEngine::SdEngine(const std::filesystem::path& model_dir,
 }
 
 std::string SdEngine::score_source() const { return pipeline_->pruner().scores().source; }
+
+ModelDescription SdEngine::describe() const {
+  ModelDescription d;
+  d.architecture = architecture_of(pipeline_->unet().config());
+  d.gate_scores = score_source();
+  if (!gates_file_.empty()) d.gates_file = std::filesystem::path(gates_file_).filename().string();
+  for (const auto& s : schedules_) d.flops_budgets.push_back(s.budget);
+  d.loaded_loras = pipeline_->lora_cache().names();
+  return d;
+}
 
 std::vector<double> SdEngine::budget_levels(double budget, const std::string& sampler,
                                             int64_t steps) const {

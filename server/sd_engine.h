@@ -17,7 +17,9 @@ namespace ldcp::server {
 
 class SdEngine final : public Engine {
  public:
-  SdEngine(const std::filesystem::path& model_dir, const pipelines::PipelineOptions& options);
+  // `name`: what requests call it (empty: the folder's or file's name).
+  SdEngine(const std::filesystem::path& model_dir, const pipelines::PipelineOptions& options,
+           std::string name = {});
 
   std::string model_name() const override { return name_; }
   int64_t native_resolution() const override { return pipeline_->native_resolution(); }
@@ -38,6 +40,7 @@ class SdEngine final : public Engine {
   std::string score_source() const;
   std::vector<double> budget_levels(double budget, const std::string& sampler,
                                     int64_t steps) const override;
+  ModelDescription describe() const override;
 
  private:
   std::unique_ptr<pipelines::StableDiffusionPipeline> pipeline_;

@@ -11,131 +11,25 @@
 #include "server/auth.h"
 #include "server/logging.h"
 #include "server/metrics.h"
+#include "server/model_specs.h"
+#include "server/service_shared.h"
 
 namespace ldcp::server {
 
-std::string request_to_job(const v1::GenerateRequest& r, const RequestLimits& lim,
-                           const Engine& engine, uint64_t random_seed, Job& job) {
-  ValidatedRequest v;
-  if (std::string error = validate_request(r, lim, random_seed, v); !error.empty()) return error;
-  auto& p = job.params;
-  p.prompt = std::move(v.prompt);
-  p.negative_prompt = std::move(v.negative_prompt);
-  p.width = v.width;
-  p.height = v.height;
-  p.steps = v.steps;
-  p.guidance_scale = v.guidance_scale;
-  p.guidance_rescale = v.guidance_rescale;
-  p.sampler = v.sampler;
-  p.eta = v.eta;
-  p.seed = v.seed;
-  p.num_images = v.images;
-  // img2img / inpainting: the decoded bytes become the tensors (no copy).
-  if (!v.init_image.pixels.empty()) p.init_image = pipelines::to_tensor(std::move(v.init_image));
-  if (!v.mask_image.pixels.empty()) p.mask_image = pipelines::to_tensor(std::move(v.mask_image));
-  p.strength = v.strength;
-  p.prompt_syntax =
-      v.a1111_syntax ? pipelines::PromptSyntax::kA1111 : pipelines::PromptSyntax::kPlain;
-  p.clip_skip = v.clip_skip;
-  p.loras = std::move(v.loras);
-  job.priority = v.priority;
-  auto& pj = job.pruning;
-  using P = ValidatedRequest::Pruning;
-  switch (v.pruning) {
-    case P::kAuto:
-      pj.mode = PruningRequest::Mode::kAuto;
-      pj.max_level = v.max_level;
-      break;
-    case P::kOff:
-      pj.mode = PruningRequest::Mode::kOff;
-      pj.schedule = pruning::PruningSchedule::off();
-      break;
-    case P::kFixedLevel:
-      pj.mode = PruningRequest::Mode::kFixed;
-      pj.schedule =
-          v.level > 0 ? pruning::PruningSchedule::fixed(v.level) : pruning::PruningSchedule::off();
-      break;
-    case P::kFixedSteps:
-      pj.mode = PruningRequest::Mode::kFixed;
-      pj.schedule = pruning::PruningSchedule::steps(std::move(v.step_levels));
-      break;
-    case P::kFixedBudget:
-      pj.mode = PruningRequest::Mode::kFixed;
-      try {
-        pj.schedule = pruning::PruningSchedule::steps(
-            engine.budget_levels(v.flops_budget, p.sampler, p.steps));
-      } catch (const std::invalid_argument& e) {
-        return std::string("pruning.flops_budget: ") + e.what();
-      }
-      if (v.has_max_level && pj.schedule.max_level() > v.max_level) {
-        std::ostringstream m;
-        m << "pruning.max_level: the FIXED schedule's highest level " << pj.schedule.max_level()
-          << " exceeds max_level " << v.max_level;
-        return m.str();
-      }
-      break;
-  }
-  // The pipeline's own checks (the schedule included) as a backstop.
-  try {
-    auto check = p;
-    if (pj.mode != PruningRequest::Mode::kAuto) check.pruning = pj.schedule;
-    engine.validate(check);
-  } catch (const std::invalid_argument& e) {
-    return e.what();
-  }
-  if (pj.mode != PruningRequest::Mode::kAuto) p.pruning = pj.schedule;
-  return {};
-}
-
 // ---------------------------------------------------------------------------------------------
 
-struct GenerationService::Shared {
-  Shared(RequestScheduler& s, Engine& e, Metrics* m, RequestLimits l)
-      : scheduler(s), engine(e), metrics(m), limits(std::move(l)) {}
-  RequestScheduler& scheduler;
-  Engine& engine;
-  Metrics* metrics;
-  RequestLimits limits;
-  Authenticator* auth = nullptr;
-  std::optional<pipelines::ModelIdentity> png_model;  // set: PNGs carry "parameters"
-  std::mutex rng_mu;
-  std::mt19937_64 rng{std::random_device{}()};
-  std::atomic<uint64_t> next_id{1};
-
-  uint64_t random_seed() {
-    std::lock_guard lock(rng_mu);
-    // Seeds that fit a double exactly, so clients in any language read them back unchanged.
-    return rng() & ((uint64_t{1} << 53) - 1);
-  }
-};
-
-GenerationService::GenerationService(RequestScheduler& scheduler, Engine& engine, Metrics* metrics,
-                                     RequestLimits limits)
-    : shared_(std::make_shared<Shared>(scheduler, engine, metrics, std::move(limits))) {
+GenerationService::GenerationService(RequestScheduler& scheduler, std::vector<ServiceModel> models,
+                                     Metrics* metrics, RequestLimits limits,
+                                     const MemoryBudget* budget)
+    : shared_(std::make_shared<Shared>(scheduler, std::move(models), metrics, std::move(limits),
+                                       budget)) {
+  if (shared_->models.empty()) throw std::invalid_argument("the service needs a model");
   shared_->limits.samplers = schedulers::sampler_names();
 }
 
 void GenerationService::set_authenticator(Authenticator* auth) { shared_->auth = auth; }
 
-void GenerationService::set_png_metadata(pipelines::ModelIdentity model) {
-  shared_->png_model = std::move(model);
-}
-
 namespace {
-
-grpc::StatusCode to_grpc(AuthCode c) {
-  switch (c) {
-    case AuthCode::kOk:
-      return grpc::StatusCode::OK;
-    case AuthCode::kUnauthenticated:
-      return grpc::StatusCode::UNAUTHENTICATED;
-    case AuthCode::kPermissionDenied:
-      return grpc::StatusCode::PERMISSION_DENIED;
-    case AuthCode::kResourceExhausted:
-      return grpc::StatusCode::RESOURCE_EXHAUSTED;
-  }
-  return grpc::StatusCode::UNKNOWN;
-}
 
 grpc::StatusCode to_grpc(Status s) {
   switch (s) {
@@ -206,7 +100,7 @@ class CallCore {
                    ? "req-" + std::to_string(shared_->next_id.fetch_add(1))
                    : request_->request_id();
     const std::string error =
-        request_to_job(*request_, shared_->limits, shared_->engine, shared_->random_seed(), *job_);
+        request_to_job(*request_, shared_->limits, shared_->engines, shared_->random_seed(), *job_);
     if (!error.empty()) {
       JobOutcome o;
       o.status = Status::kInvalidArgument;
@@ -241,6 +135,11 @@ class CallCore {
       }
       if (parse_request(data, parsed_, error)) {
         parsed_ok_ = true;
+        // The metrics' model label, also for a request rejected for another field.
+        size_t model = 0;
+        if (resolve_model(parsed_, shared_->limits, model).empty()) {
+          model_label_ = shared_->models[model].name;
+        }
         return std::nullopt;
       }
     }
@@ -337,7 +236,8 @@ class CallCore {
     if (!status) status = status_name(o.status);
     if (shared_->metrics) {
       shared_->metrics->request_finished(method_, status, total,
-                                         identity_.client.empty() ? "anonymous" : identity_.client);
+                                         identity_.client.empty() ? "anonymous" : identity_.client,
+                                         model_label_);
     }
     RequestLogLine line;
     line.id = job_ ? job_->id : request_->request_id();  // logging.h bounds and escapes it
@@ -383,7 +283,7 @@ class CallCore {
       for (int64_t i = 0; i < u8.size(0); ++i) {
         auto* img = out->add_images();
         std::vector<pipelines::PngText> text;
-        if (const auto& model = shared_->png_model) {
+        if (const auto& model = shared_->models[job_->model].png) {
           text.push_back({"parameters", pipelines::png_parameters(job_->params, r, i, *model)});
         }
         img->set_data(pipelines::encode_png(u8[i].contiguous(), text));
@@ -403,7 +303,7 @@ class CallCore {
     t->set_decoding_seconds(r.timings.decoding_s);
     t->set_total_seconds(elapsed());
     out->set_peak_memory_bytes(r.peak_memory_bytes);
-    out->set_model(shared_->engine.model_name());
+    out->set_model(shared_->models[job_->model].name);
     out->set_request_id(job_->id);
     out->set_batch_size(static_cast<uint32_t>(o.batch_requests));
   }
@@ -417,6 +317,7 @@ class CallCore {
   bool validated_ = false;
   bool deadline_capped_ = false;
   const char* method_;
+  std::string model_label_ = kNoModelLabel;  // the request's model once it parsed and resolved
   Clock::time_point arrival_ = Clock::now();
   std::shared_ptr<Job> job_;
   Identity identity_;

@@ -56,7 +56,7 @@ std::shared_ptr<const LoraWeights> LoraCache::get(const std::filesystem::path& f
     bytes_ -= entries_.back().bytes;
     entries_.pop_back();
   }
-  entries_.push_front({key, weights, bytes});
+  entries_.push_front({key, file.stem().string(), weights, bytes});
   bytes_ += bytes;
   return weights;
 }
@@ -64,6 +64,13 @@ std::shared_ptr<const LoraWeights> LoraCache::get(const std::filesystem::path& f
 int64_t LoraCache::bytes() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return bytes_;
+}
+
+std::vector<std::string> LoraCache::names() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<std::string> out;
+  for (const auto& e : entries_) out.push_back(e.name);
+  return out;
 }
 
 size_t LoraCache::entries() const {

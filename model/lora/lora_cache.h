@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 namespace ldcp::lora {
 
@@ -45,10 +46,13 @@ class LoraCache {
 
   int64_t bytes() const;  // held now
   size_t entries() const;
+  // The held files' stems (NAME of NAME.safetensors), most recently used first.
+  std::vector<std::string> names() const;
 
  private:
   struct Entry {
-    std::string key;  // path, size, mtime
+    std::string key;   // path, size, mtime
+    std::string name;  // the file's stem
     std::shared_ptr<const LoraWeights> weights;
     int64_t bytes = 0;
   };

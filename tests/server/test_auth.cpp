@@ -230,3 +230,29 @@ TEST_F(AuthFile, AnUnparsableFileFailsAtStart) {
 
 }  // namespace
 }  // namespace ldcp::server
+
+namespace ldcp::server {
+namespace {
+
+TEST_F(AuthFile, ListModelsNeedsATokenAndTheMethod) {
+  write(line_for("alice", "a") + line_for("bob", "b", "methods=Generate") +
+        line_for("lister", "l", "methods=ListModels"));
+  Authenticator auth(path_.string(), std::chrono::milliseconds(0));
+  EXPECT_TRUE(Authenticator::may_call(auth.authenticate("Bearer a"), "ListModels"));  // default
+  EXPECT_FALSE(Authenticator::may_call(auth.authenticate("Bearer b"), "ListModels"));
+  const auto lister = auth.authenticate("Bearer l");
+  EXPECT_TRUE(Authenticator::may_call(lister, "ListModels"));
+  EXPECT_FALSE(Authenticator::may_call(lister, "Generate"));
+  EXPECT_EQ(auth.admit(lister, "Generate", PruningKind::kAuto, 0).code,
+            AuthCode::kPermissionDenied);
+  // ListModels is not a generation method: admit() never admits it.
+  EXPECT_EQ(auth.admit(auth.authenticate("Bearer a"), "ListModels", PruningKind::kAuto, 0).code,
+            AuthCode::kPermissionDenied);
+  EXPECT_EQ(auth.authenticate("Bearer nope").code, AuthCode::kUnauthenticated);
+  // Authentication off: anyone may list.
+  Authenticator off("", std::chrono::milliseconds(0));
+  EXPECT_TRUE(Authenticator::may_call(off.authenticate(""), "ListModels"));
+}
+
+}  // namespace
+}  // namespace ldcp::server

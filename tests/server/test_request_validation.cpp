@@ -304,3 +304,52 @@ TEST(RequestValidation, PromptSyntaxAndClipSkip) {
 
 }  // namespace
 }  // namespace ldcp::server
+
+namespace ldcp::server {
+namespace {
+
+RequestLimits two_models() {
+  auto l = limits();
+  l.models = {{"base", 512}, {"small", 64}};
+  return l;
+}
+
+TEST(RequestValidation, ModelPicksTheModelAndItsDefaultSize) {
+  v1::GenerateRequest r;
+  ValidatedRequest v;
+  ASSERT_EQ(validate_request(r, two_models(), 7, v), "");  // empty: the first, the default
+  EXPECT_EQ(v.model, 0u);
+  EXPECT_EQ(v.width, 512);
+  r.set_model("small");
+  ValidatedRequest w;
+  ASSERT_EQ(validate_request(r, two_models(), 7, w), "");
+  EXPECT_EQ(w.model, 1u);
+  EXPECT_EQ(w.width, 64);  // that model's default size
+  EXPECT_EQ(w.height, 64);
+  r.set_model("base");
+  ValidatedRequest x;
+  ASSERT_EQ(validate_request(r, two_models(), 7, x), "");
+  EXPECT_EQ(x.model, 0u);
+}
+
+TEST(RequestValidation, UnknownModelIsQuotedShortAndListsTheServersModels) {
+  auto r = valid();
+  r.set_model(std::string(100000, 'm'));
+  auto error = check(r, two_models());
+  ASSERT_EQ(error.rfind("model: unknown model \"", 0), 0u) << error.substr(0, 200);
+  EXPECT_LT(error.size(), 200u);
+  EXPECT_NE(error.find("(100000 bytes)"), std::string::npos) << error;
+  EXPECT_NE(error.find("this server has: base, small; empty: base"), std::string::npos) << error;
+  r.set_model("Base");  // names are exact
+  EXPECT_EQ(check(r, two_models()).rfind("model: unknown model \"Base\"", 0), 0u);
+  r.set_model("a\nb\x01");
+  EXPECT_NE(check(r, two_models()).find("\"a\\nb\\u0001\""), std::string::npos);
+  // No model list: only an empty name.
+  r.set_model("x");
+  EXPECT_EQ(check(r).rfind("model: unknown model \"x\"", 0), 0u);
+  r.clear_model();
+  EXPECT_EQ(check(r), "");
+}
+
+}  // namespace
+}  // namespace ldcp::server
