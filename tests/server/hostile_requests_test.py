@@ -78,9 +78,7 @@ def request_lines(wait_for=None, timeout=10):
 
 def total(name, **labels):
     """Sum of a metric's samples whose labels include `labels` (others, e.g. client, any)."""
-    samples = lib.parse_metrics(SERVER.metrics_text())
-    return sum(v for (n, ls), v in samples.items()
-               if n == name and set(labels.items()) <= set(ls))
+    return lib.metric(lib.parse_metrics(SERVER.metrics_text()), name, **labels)
 
 
 class QuotedValues(unittest.TestCase):

@@ -154,7 +154,10 @@ def parse_metrics(text):
 
 
 def metric(samples, name, **labels):
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    """The sum of `name`'s series whose labels include `labels`: a label left out (as `model` on
+    a one-model server) is summed over."""
+    want = set(labels.items())
+    return sum(v for (n, have), v in samples.items() if n == name and want <= have)
 
 
 def calibration_from_log(log):
