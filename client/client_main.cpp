@@ -194,6 +194,29 @@ bool write_file(const std::filesystem::path& path, const std::string& bytes) {
   return true;
 }
 
+// An ImageGeneration stub on a channel to the server and a call's context with the bearer token
+// and the deadline; null (after saying why) for bad connection options.
+struct Call {
+  std::unique_ptr<ldcp::v1::ImageGeneration::Stub> stub;
+  grpc::ClientContext ctx;
+};
+
+std::unique_ptr<Call> open_call(const Connection& connection, int64_t max_message_bytes, bool retry,
+                                double timeout_s) {
+  auto call = std::make_unique<Call>();
+  try {
+    call->stub =
+        ldcp::v1::ImageGeneration::NewStub(make_channel(connection, max_message_bytes, retry));
+    authorize(call->ctx, bearer_token(connection));
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "ldcp-client: " << e.what() << "\n";
+    return nullptr;
+  }
+  call->ctx.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
+  return call;
+}
+
 struct GenerateOptions {
   Connection connection;
   std::string out = "out.png";
@@ -272,20 +295,10 @@ int generate(const GenerateOptions& o) {
     return 2;
   }
 
-  std::shared_ptr<grpc::Channel> channel;
-  std::string token;
-  try {
-    channel = make_channel(o.connection, o.max_message_bytes, !o.no_retry);
-    token = bearer_token(o.connection);
-  } catch (const std::invalid_argument& e) {
-    std::cerr << "ldcp-client: " << e.what() << "\n";
-    return 2;
-  }
-  auto stub = ldcp::v1::ImageGeneration::NewStub(channel);
-  grpc::ClientContext ctx;
-  authorize(ctx, token);
-  ctx.set_deadline(std::chrono::system_clock::now() +
-                   std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000)));
+  const auto call = open_call(o.connection, o.max_message_bytes, !o.no_retry, o.timeout_s);
+  if (!call) return 2;
+  auto& stub = call->stub;
+  auto& ctx = call->ctx;
   ldcp::v1::GenerateResponse result;
   if (o.unary) {
     auto status = stub->Generate(&ctx, req, &result);
@@ -367,22 +380,10 @@ int health(const Connection& connection, const std::string& service, double time
 
 // ListModels: one line per model (the first is the default), or the response as JSON.
 int list_models(const Connection& connection, bool json, double timeout_s) {
-  std::shared_ptr<grpc::Channel> channel;
-  std::string token;
-  try {
-    channel = make_channel(connection, 4 << 20, true);
-    token = bearer_token(connection);
-  } catch (const std::invalid_argument& e) {
-    std::cerr << "ldcp-client: " << e.what() << "\n";
-    return 2;
-  }
-  auto stub = ldcp::v1::ImageGeneration::NewStub(channel);
-  grpc::ClientContext ctx;
-  authorize(ctx, token);
-  ctx.set_deadline(std::chrono::system_clock::now() +
-                   std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
+  const auto call = open_call(connection, 4 << 20, true, timeout_s);
+  if (!call) return 2;
   ldcp::v1::ListModelsResponse resp;
-  auto status = stub->ListModels(&ctx, ldcp::v1::ListModelsRequest(), &resp);
+  auto status = call->stub->ListModels(&call->ctx, ldcp::v1::ListModelsRequest(), &resp);
   if (!status.ok()) return fail(status);
   if (json) {
     std::string text;

@@ -24,15 +24,19 @@ using namespace std::chrono_literals;
 struct Fixture {
   explicit Fixture(SchedulerConfig config = base_config(), int64_t budget_bytes = 10000)
       : budget(budget_bytes, 0, [this] { return engine.memory(); }), costs(0.0) {
+    calibrate(engine, costs, calibration_plan());
+    budget.set_baseline(1000);
+    engine.started = 0;  // count the scheduler's runs only
+    scheduler = std::make_unique<RequestScheduler>(engine, budget, costs, &metrics, config);
+  }
+  // 64x64 at the grid's levels, batches of 1 and 2, one step.
+  static CalibrationPlan calibration_plan() {
     CalibrationPlan plan;
     plan.sizes = {{64, 64}};
     plan.levels = {0.0, 0.25, 0.5, 0.75};
     plan.batch_sizes = {1, 2};
     plan.steps = 1;
-    calibrate(engine, costs, plan);
-    budget.set_baseline(1000);
-    engine.started = 0;  // count the scheduler's runs only
-    scheduler = std::make_unique<RequestScheduler>(engine, budget, costs, &metrics, config);
+    return plan;
   }
   static SchedulerConfig base_config() {
     SchedulerConfig c;

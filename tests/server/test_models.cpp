@@ -103,13 +103,8 @@ struct TwoModels {
     b.cost = [](int64_t n, double l) {
       return static_cast<int64_t>(static_cast<double>(n) * 8000.0 * (1.0 - l));
     };
-    CalibrationPlan plan;
-    plan.sizes = {{64, 64}};
-    plan.levels = {0.0, 0.25, 0.5, 0.75};
-    plan.batch_sizes = {1, 2};
-    plan.steps = 1;
-    calibrate(a, costs_a, plan);
-    calibrate(b, costs_b, plan);
+    calibrate(a, costs_a, Fixture::calibration_plan());
+    calibrate(b, costs_b, Fixture::calibration_plan());
     budget.set_baseline_from_measurement();
     a.started = 0;
     b.started = 0;
