@@ -139,9 +139,12 @@ int serve(const ServerConfig& c) {
       std::chrono::milliseconds(static_cast<int64_t>(std::ceil(c.metrics_refresh_s * 1000)));
   MetricsHttpServer metrics_http(c.metrics_listen, metrics.registry(), metrics_options);
 
-  std::string names;
-  for (const auto& m : specs) names += (names.empty() ? "" : ", ") + m.name;
-  log_info("loading " + names + " on " + c.device + " (" + dtype.name + ", " + dtype.reason + ")");
+  std::string names, paths;  // paths: "PATH" for one unnamed model, else "NAME=PATH, ..."
+  for (const auto& m : specs) {
+    names += (names.empty() ? "" : ", ") + m.name;
+    paths += (paths.empty() ? "" : ", ") + (m.named ? m.name + "=" : std::string()) + m.path;
+  }
+  log_info("loading " + paths + " on " + c.device + " (" + dtype.name + ", " + dtype.reason + ")");
   auto models = load_models(specs, options, c);
   SdEngine& engine = *models.front()->engine;  // the device's meter is every model's
   int64_t budget_bytes = c.memory_budget.empty() ? 0 : parse_bytes(c.memory_budget);
