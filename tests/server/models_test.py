@@ -4,7 +4,8 @@ the first for an empty `model`), each image equal to a single-model server's for
 ListModels (names, default, architecture, native size, scores, LoRAs, weights, hashes); an
 unknown name INVALID_ARGUMENT naming `model` with a short quote; the `model` label of the
 request metrics (only names from the command line); the PNGs' Model and Model hash naming the
-model that served; ldcp-client generate --model and list-models; start-up errors for bad
+model that served; ldcp-client generate --model and list-models; ListModels under bearer tokens (no token,
+a client without the method, one with it); start-up errors for bad
 --model and --gates options. Run by CTest (server_models)."""
 
 import hashlib
@@ -210,6 +211,36 @@ class SeveralModels(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         listed = json.loads(r.stdout)
         self.assertEqual([m["name"] for m in listed["models"]], ["a", "b"])
+
+    def test_list_models_honours_tokens_and_methods(self):
+        tokens = WORK / "tokens.txt"
+        tokens.write_text("".join(f"{name} sha256:{hashlib.sha256(token.encode()).hexdigest()}"
+                                  f" {fields}\n" for name, token, fields in [
+                                      ("alice", "alice-token", ""),
+                                      ("bob", "bob-token", "methods=Generate")]))
+        server = lib.Server(f"a={MODELS['a']}", WORK, *lib.small_cpu_flags(),
+                            "--auth-tokens-file", tokens, name="auth").wait_ready()
+        try:
+            listing = stub(server).ListModels
+            with self.assertRaises(grpc.RpcError) as caught:
+                listing(pb.ListModelsRequest(), timeout=30)
+            self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+            with self.assertRaises(grpc.RpcError) as caught:
+                listing(pb.ListModelsRequest(), timeout=30,
+                        metadata=[("authorization", "Bearer bob-token")])
+            self.assertEqual(caught.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+            self.assertIn("ListModels", caught.exception.details())
+            resp = listing(pb.ListModelsRequest(), timeout=30,
+                           metadata=[("authorization", "Bearer alice-token")])
+            self.assertEqual([m.name for m in resp.models], ["a"])
+            samples = lib.parse_metrics(server.metrics_text())
+            self.assertEqual(lib.metric(samples, "ldcp_requests_total", method="ListModels",
+                                        status="PERMISSION_DENIED", client="bob",
+                                        model="none"), 1)
+            self.assertEqual(lib.metric(samples, "ldcp_requests_total", method="ListModels",
+                                        status="OK", client="alice", model="none"), 1)
+        finally:
+            server.stop()
 
     def test_bad_model_options_stop_the_server_naming_them(self):
         for args, expected in [
