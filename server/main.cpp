@@ -101,7 +101,8 @@ void apply_transport_bounds(grpc::ServerBuilder& builder, const ServerConfig& c)
 int serve(const ServerConfig& c) {
   const auto specs = parse_model_specs(c.models, c.gates);
   ldcp::pipelines::PipelineOptions options;
-  options.device = ldcp::runtime::parse_device(c.device);
+  // The name now; the CUDA backend and the device's presence once every other option is checked.
+  options.device = ldcp::runtime::device_from_name(c.device);
   const auto dtype = ldcp::runtime::resolve_dtype(c.dtype, options.device);
   options.dtype = dtype.dtype;
   options.prefer_fp16_weights = c.fp16_weights;
@@ -145,6 +146,7 @@ int serve(const ServerConfig& c) {
     paths += (paths.empty() ? "" : ", ") + (m.named ? m.name + "=" : std::string()) + m.path;
   }
   log_info("loading " + paths + " on " + c.device + " (" + dtype.name + ", " + dtype.reason + ")");
+  ldcp::runtime::parse_device(c.device);
   auto models = load_models(specs, options, c);
   SdEngine& engine = *models.front()->engine;  // the device's meter is every model's
   int64_t budget_bytes = c.memory_budget.empty() ? 0 : parse_bytes(c.memory_budget);

@@ -64,7 +64,7 @@ std::string load_cuda_backend() {
   return "";
 }
 
-c10::Device parse_device(std::string_view name, std::string_view option) {
+c10::Device device_from_name(std::string_view name, std::string_view option) {
   const std::string what =
       std::string(option) + " must be cpu, cuda or cuda:N, got " + quoted_prefix(name);
   c10::Device device(c10::kCPU);
@@ -74,6 +74,11 @@ c10::Device parse_device(std::string_view name, std::string_view option) {
     throw std::invalid_argument(what);
   }
   if (!device.is_cpu() && !device.is_cuda()) throw std::invalid_argument(what);
+  return device;
+}
+
+c10::Device parse_device(std::string_view name, std::string_view option) {
+  const auto device = device_from_name(name, option);
   if (device.is_cuda()) {
     if (const auto error = load_cuda_backend(); !error.empty()) {
       throw std::invalid_argument(std::string(option) + " " + quoted_prefix(name) + ": " + error);

@@ -18,6 +18,9 @@ namespace ldcp::runtime {
 // available. Throws std::invalid_argument naming `option` and quoting a short prefix of `name`.
 c10::Device parse_device(std::string_view name, std::string_view option = "--device");
 
+// The name's syntax only (the same errors), for checking options before the device is used.
+c10::Device device_from_name(std::string_view name, std::string_view option = "--device");
+
 // Loads libtorch_cuda.so from libtorch's own directory (a no-op once loaded, or when the
 // executable was linked with it). Returns "" on success, else why not (e.g. a CPU-only
 // libtorch). Safe to call from several threads.

@@ -64,7 +64,11 @@ TEST(CudaBackend, OtherDeviceNamesAreRefusedNamingTheOption) {
   for (const std::string bad : {"gpu", "cuda:x", "mps", "", "cpu:0:1"}) {
     const auto error = error_of(bad);
     EXPECT_NE(error.find("--device must be cpu, cuda or cuda:N"), std::string::npos) << bad;
+    EXPECT_THROW(device_from_name(bad), std::invalid_argument) << bad;
   }
+  // The syntax alone: no device needed.
+  EXPECT_TRUE(device_from_name("cuda:1").is_cuda());
+  EXPECT_EQ(device_from_name("cuda:1").index(), 1);
   // A long value is quoted by a short prefix only.
   const auto error = error_of(std::string(1000, 'x'));
   EXPECT_LT(error.size(), 100u);
