@@ -146,7 +146,7 @@ int serve(const ServerConfig& c) {
     paths += (paths.empty() ? "" : ", ") + (m.named ? m.name + "=" : std::string()) + m.path;
   }
   log_info("loading " + paths + " on " + c.device + " (" + dtype.name + ", " + dtype.reason + ")");
-  ldcp::runtime::parse_device(c.device);
+  ldcp::runtime::require_device(options.device);
   auto models = load_models(specs, options, c);
   SdEngine& engine = *models.front()->engine;  // the device's meter is every model's
   int64_t budget_bytes = c.memory_budget.empty() ? 0 : parse_bytes(c.memory_budget);

@@ -23,6 +23,7 @@
 #include "model/models/unets/unet_2d_condition.h"
 #include "model/pipelines/pipeline_stable_diffusion.h"
 #include "model/pruning/unet_pruner.h"
+#include "model/runtime/device.h"
 #include "model/runtime/dtype.h"
 #include "model/runtime/memory_meter.h"
 #include "model/schedulers/scheduler.h"
@@ -71,7 +72,7 @@ struct Config {
 void run_bench(const BenchArgs& args) {
   // Everything that can be checked before the (slow) model load.
   pipelines::PipelineOptions options;
-  options.device = parse_device(args.device);
+  options.device = runtime::parse_device(args.device);
   options.dtype = parse_dtype(args.dtype, options.device);
   options.gates_file = args.gates;
   options.score_source = args.scores;

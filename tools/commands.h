@@ -21,14 +21,12 @@ void add_bench_command(CLI::App& app);
 void add_eval_pruning_command(CLI::App& app);
 void add_tune_schedule_command(CLI::App& app);
 
-// --dtype and --device values, with errors naming the option.
+// --dtype values, with errors naming the option (--device: runtime::parse_device).
 // --dtype: a name or "auto" (model/runtime/dtype.h), resolved for `device`; an auto choice is
 // printed to stderr.
 c10::ScalarType parse_dtype(const std::string& name, const c10::Device& device);
 // The --dtype option of a command: default auto, LDCP_DTYPE from the environment.
 void add_dtype_option(CLI::App* app, std::string& dtype, const std::string& help = "");
-// --device (runtime::parse_device: a CUDA device loads libtorch's CUDA backend first).
-c10::Device parse_device(const std::string& name);
 // --linear-backend auto|aten|onednn (PipelineOptions::linear_backend), default auto,
 // LDCP_LINEAR_BACKEND from the environment.
 void add_linear_backend_option(CLI::App& command, std::string& backend);

@@ -26,6 +26,7 @@
 #include "model/pipelines/image_metrics.h"
 #include "model/pipelines/pipeline_stable_diffusion.h"
 #include "model/pruning/unet_pruner.h"
+#include "model/runtime/device.h"
 #include "model/runtime/dtype.h"
 #include "model/runtime/memory_meter.h"
 #include "model/schedulers/scheduler.h"
@@ -98,7 +99,7 @@ std::string csv_number(double v, int decimals) {
 
 void run_eval(const EvalArgs& args) {
   pipelines::PipelineOptions base;
-  base.device = parse_device(args.device);
+  base.device = runtime::parse_device(args.device);
   base.dtype = parse_dtype(args.dtype, base.device);
   base.random_scores_seed = args.random_scores_seed;
   auto levels = parse_levels(args.levels, "--levels");

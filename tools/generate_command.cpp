@@ -60,8 +60,6 @@ void add_dtype_option(CLI::App* app, std::string& dtype, const std::string& help
       ->check(CLI::IsMember({"auto", "fp32", "fp16", "bf16", "float32", "float16", "bfloat16"}));
 }
 
-c10::Device parse_device(const std::string& name) { return runtime::parse_device(name); }
-
 void add_memory_format_option(CLI::App& command, bool& channels_last) {
   command
       .add_option_function<std::string>(
@@ -156,7 +154,7 @@ pruning::PruningSchedule budget_schedule(pipelines::StableDiffusionPipeline& pip
 
 void run_generate(GenerateArgs& args) {
   pipelines::PipelineOptions options;
-  options.device = parse_device(args.device);
+  options.device = runtime::parse_device(args.device);
   options.dtype = parse_dtype(args.dtype, options.device);
   options.prefer_fp16_weights = args.fp16_weights;
   options.gates_file = args.gates;

@@ -10,6 +10,7 @@
 
 #include "cli/progress.h"
 #include "model/pruning/gate_trainer.h"
+#include "model/runtime/device.h"
 #include "model/runtime/dtype.h"
 #include "tools/commands.h"
 
@@ -44,7 +45,7 @@ void run_train_gates(TrainGatesArgs& args) {
   o.checkpoint = args.checkpoint;
   o.resume = args.resume;
   o.captions = args.captions;
-  o.device = parse_device(args.device);
+  o.device = runtime::parse_device(args.device);
   // auto: bf16 autocast on CUDA (fp16's range needs loss scaling), fp32 on the CPU (no autocast
   // there: the gates' gradients stay in full precision).
   o.dtype = args.dtype == "auto" ? (o.device.is_cuda() ? c10::kBFloat16 : c10::kFloat)

@@ -23,6 +23,7 @@
 #include "model/pruning/gate_scores.h"
 #include "model/pruning/step_schedule.h"
 #include "model/pruning/unet_pruner.h"
+#include "model/runtime/device.h"
 #include "model/runtime/dtype.h"
 #include "model/schedulers/scheduler.h"
 #include "tools/commands.h"
@@ -107,7 +108,7 @@ void write_gates(const fs::path& out, pruning::GateScores scores,
 
 void run_tune(const TuneArgs& args) {
   pipelines::PipelineOptions options;
-  options.device = parse_device(args.device);
+  options.device = runtime::parse_device(args.device);
   options.dtype = parse_dtype(args.dtype, options.device);
   options.random_scores_seed = args.random_scores_seed;
   if (!args.gates.empty()) {

@@ -77,17 +77,20 @@ c10::Device device_from_name(std::string_view name, std::string_view option) {
   return device;
 }
 
+void require_device(const c10::Device& device, std::string_view option) {
+  if (!device.is_cuda()) return;
+  const std::string what = std::string(option) + " " + quoted_prefix(device.str()) + ": ";
+  if (const auto error = load_cuda_backend(); !error.empty()) {
+    throw std::invalid_argument(what + error);
+  }
+  if (!torch::cuda::is_available()) {
+    throw std::invalid_argument(what + "CUDA is not available on this machine");
+  }
+}
+
 c10::Device parse_device(std::string_view name, std::string_view option) {
   const auto device = device_from_name(name, option);
-  if (device.is_cuda()) {
-    if (const auto error = load_cuda_backend(); !error.empty()) {
-      throw std::invalid_argument(std::string(option) + " " + quoted_prefix(name) + ": " + error);
-    }
-    if (!torch::cuda::is_available()) {
-      throw std::invalid_argument(std::string(option) + " " + quoted_prefix(name) +
-                                  ": CUDA is not available on this machine");
-    }
-  }
+  require_device(device, option);
   return device;
 }
 

@@ -21,6 +21,10 @@ c10::Device parse_device(std::string_view name, std::string_view option = "--dev
 // The name's syntax only (the same errors), for checking options before the device is used.
 c10::Device device_from_name(std::string_view name, std::string_view option = "--device");
 
+// The rest of parse_device for a device already named: a CUDA device loads the CUDA backend,
+// then must be available (std::invalid_argument naming `option` otherwise).
+void require_device(const c10::Device& device, std::string_view option = "--device");
+
 // Loads libtorch_cuda.so from libtorch's own directory (a no-op once loaded, or when the
 // executable was linked with it). Returns "" on success, else why not (e.g. a CPU-only
 // libtorch). Safe to call from several threads.
