@@ -78,14 +78,25 @@ std::optional<int64_t> take_index(string_view& s) {
 std::string str(string_view s) { return std::string(s); }
 std::string num(int64_t n) { return std::to_string(n); }
 
-// A ResNet block's parameter (ldm ResBlock -> diffusers ResnetBlock2D), `rest` after the block.
+// A ResNet block's modules (ldm ResBlock -> diffusers ResnetBlock2D).
+constexpr std::pair<string_view, string_view> kUNetResnetNames[] = {
+    {"in_layers.0.", "norm1."},          {"in_layers.2.", "conv1."},
+    {"emb_layers.1.", "time_emb_proj."}, {"out_layers.0.", "norm2."},
+    {"out_layers.3.", "conv2."},         {"skip_connection.", "conv_shortcut."},
+};
+
+// The U-Net's modules outside the blocks.
+constexpr std::pair<string_view, string_view> kUNetFixedNames[] = {
+    {"time_embed.0.", "time_embedding.linear_1."},
+    {"time_embed.2.", "time_embedding.linear_2."},
+    {"input_blocks.0.0.", "conv_in."},
+    {"out.0.", "conv_norm_out."},
+    {"out.2.", "conv_out."},
+};
+
+// A ResNet block's parameter, `rest` after the block.
 std::optional<std::string> unet_resnet(string_view rest) {
-  static constexpr std::pair<string_view, string_view> kNames[] = {
-      {"in_layers.0.", "norm1."},          {"in_layers.2.", "conv1."},
-      {"emb_layers.1.", "time_emb_proj."}, {"out_layers.0.", "norm2."},
-      {"out_layers.3.", "conv2."},         {"skip_connection.", "conv_shortcut."},
-  };
-  for (const auto& [from, to] : kNames) {
+  for (const auto& [from, to] : kUNetResnetNames) {
     string_view leaf = rest;
     if (consume(leaf, from) && is_param(leaf)) return str(to) + str(leaf);
   }
@@ -99,14 +110,7 @@ std::optional<std::string> unet_attention(string_view rest) {
 
 // The U-Net parameter of `s` (after "model.diffusion_model."); L layers per block.
 std::optional<std::string> unet_name(string_view s, int64_t L) {
-  static constexpr std::pair<string_view, string_view> kFixed[] = {
-      {"time_embed.0.", "time_embedding.linear_1."},
-      {"time_embed.2.", "time_embedding.linear_2."},
-      {"input_blocks.0.0.", "conv_in."},
-      {"out.0.", "conv_norm_out."},
-      {"out.2.", "conv_out."},
-  };
-  for (const auto& [from, to] : kFixed) {
+  for (const auto& [from, to] : kUNetFixedNames) {
     string_view leaf = s;
     if (consume(leaf, from)) {
       if (is_param(leaf)) return str(to) + str(leaf);
@@ -157,6 +161,59 @@ std::optional<std::string> unet_name(string_view s, int64_t L) {
     return std::nullopt;
   }
   return std::nullopt;
+}
+
+// Where the original layout may hold the diffusers U-Net module `m` (with a trailing "."):
+// unet_name's block numbering run backwards. Each candidate is checked against unet_name.
+std::vector<std::string> unet_module_candidates(string_view m, int64_t L) {
+  std::vector<std::string> out;
+  for (const auto& [from, to] : kUNetFixedNames) {
+    if (m == to) out.push_back(str(from));
+  }
+  auto resnet = [&](const std::string& prefix, string_view rest) {
+    for (const auto& [from, to] : kUNetResnetNames) {
+      if (rest == to) out.push_back(prefix + str(from));
+    }
+  };
+  if (consume(m, "down_blocks.")) {
+    const auto b = take_index(m);
+    if (!b) return out;
+    const int64_t first = *b * (L + 1) + 1;  // the block's first input block
+    if (consume(m, "resnets.")) {
+      if (const auto l = take_index(m)) resnet("input_blocks." + num(first + *l) + ".0.", m);
+    } else if (consume(m, "attentions.")) {
+      if (const auto l = take_index(m)) {
+        out.push_back("input_blocks." + num(first + *l) + ".1." + str(m));
+      }
+    } else if (m == "downsamplers.0.conv.") {
+      out.push_back("input_blocks." + num(first + L) + ".0.op.");
+    }
+  } else if (consume(m, "mid_block.")) {
+    if (consume(m, "resnets.0.")) {
+      resnet("middle_block.0.", m);
+    } else if (consume(m, "attentions.0.")) {
+      out.push_back("middle_block.1." + str(m));
+    } else if (consume(m, "resnets.1.")) {
+      resnet("middle_block.2.", m);
+    }
+  } else if (consume(m, "up_blocks.")) {
+    const auto b = take_index(m);
+    if (!b) return out;
+    const int64_t first = *b * (L + 1);
+    if (consume(m, "resnets.")) {
+      if (const auto l = take_index(m)) resnet("output_blocks." + num(first + *l) + ".0.", m);
+    } else if (consume(m, "attentions.")) {
+      if (const auto l = take_index(m)) {
+        out.push_back("output_blocks." + num(first + *l) + ".1." + str(m));
+      }
+    } else if (m == "upsamplers.0.conv.") {
+      // After the last layer's ResNet (a block without attentions) or its attention.
+      for (const char* sub : {".1.conv.", ".2.conv."}) {
+        out.push_back("output_blocks." + num(first + L) + sub);
+      }
+    }
+  }
+  return out;
 }
 
 // A VAE ResNet's parameter (ldm ResnetBlock -> diffusers ResnetBlock2D).
@@ -281,6 +338,22 @@ OriginalKey map_original_key(const std::string& key, const OriginalLayout& layou
       out.target = {OriginalPart::kTextEncoder, str(s), false};
     }
     return out;
+  }
+  return out;
+}
+
+std::vector<std::string> original_unet_modules(const std::string& module_path,
+                                               const OriginalLayout& layout) {
+  std::vector<std::string> out;
+  const int64_t L = layout.unet_layers_per_block;
+  if (L < 1 || L > 64 || !valid_path(module_path)) return out;
+  const std::string module = module_path + ".";
+  for (auto& candidate : unet_module_candidates(module, L)) {
+    // Only what the checkpoint mapping sends to this module's weight (one mapping, one place).
+    const auto name = unet_name(candidate + "weight", L);
+    if (!name || *name != module + "weight") continue;
+    candidate.pop_back();
+    if (std::find(out.begin(), out.end(), candidate) == out.end()) out.push_back(candidate);
   }
   return out;
 }

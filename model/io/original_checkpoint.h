@@ -76,6 +76,15 @@ struct OriginalKey {
 // One checkpoint key.
 OriginalKey map_original_key(const std::string& key, const OriginalLayout& layout);
 
+// The original-layout paths (within model.diffusion_model., e.g. "input_blocks.1.0.in_layers.2")
+// of the diffusers U-Net module `module_path` (e.g. "down_blocks.0.resnets.0.conv1"): those
+// that map_original_key maps onto its ".weight". None for a module the layout does not name or
+// an unsupported layout; two for an up block's upsampler (".1.conv" after a ResNet, ".2.conv"
+// after an attention, both of which map_original_key reads). LoRA files name layers this way
+// (model/lora/lora_file.h).
+std::vector<std::string> original_unet_modules(const std::string& module_path,
+                                               const OriginalLayout& layout);
+
 struct OriginalKeyMap {
   std::map<std::string, OriginalTarget> tensors;  // checkpoint key -> target
   std::vector<std::string> ignored;               // EMA copy, schedule buffers, position_ids

@@ -30,9 +30,12 @@ bool floating(const std::string& dtype) {
   return dtype == "F32" || dtype == "F16" || dtype == "BF16" || dtype == "F64";
 }
 
-// The factors of one layer as the file names them.
+// The factors of one layer as the file names them, and the name (key without its suffix) and
+// first key that named the layer.
 struct Pending {
   std::string down, up, alpha;
+  std::string stem, first_key;
+  bool conflict = false;  // a second name for the layer is reported
 };
 
 // Kohya's suffixes; other LyCORIS kinds (LoHa, LoKr, Tucker, DoRA) are named in the error.
@@ -155,7 +158,8 @@ std::string kohya_name(LoraComponent component, const std::string& path) {
 }
 
 LoraPlan plan_lora(const std::string& file, const std::map<std::string, io::TensorInfo>& tensors,
-                   const io::Metadata& metadata, const std::vector<TargetLayer>& targets) {
+                   const io::Metadata& metadata, const std::vector<TargetLayer>& targets,
+                   int64_t unet_layers_per_block) {
   LoraPlan plan;
   bool any_kohya = false, any_peft = false;
   for (const auto& [key, info] : tensors) {
@@ -181,14 +185,25 @@ LoraPlan plan_lora(const std::string& file, const std::map<std::string, io::Tens
     const std::string name = plan.layout == LoraLayout::kKohya
                                  ? kohya_name(component, path)
                                  : component_name(component) + "." + path;
-    if (!by_name.emplace(name, i).second) {
+    const auto [it, added] = by_name.emplace(name, i);
+    if (!added && it->second != i) {
       throw LoraFileError(file + ": two layers of the model share the LoRA name " + name);
     }
   };
   const std::string text_model = "text_model.";
+  io::OriginalLayout original;
+  original.unet_layers_per_block = unet_layers_per_block;
   for (size_t i = 0; i < targets.size(); ++i) {
     const auto& t = targets[i];
     add_name(t.component, t.path, i);
+    // kohya U-Net names may follow the original (LDM / SGM) module tree instead:
+    // "lora_unet_input_blocks_1_0_in_layers_2" for down_blocks.0.resnets.0.conv1.
+    if (plan.layout == LoraLayout::kKohya && t.component == LoraComponent::kUNet &&
+        unet_layers_per_block > 0) {
+      for (const auto& path : io::original_unet_modules(t.path, original)) {
+        add_name(t.component, path, i);
+      }
+    }
     // The text encoder's layers also without transformers 4's "text_model." level (files that
     // diffusers writes with transformers 5: "text_encoder.encoder.layers.0...").
     if (t.component == LoraComponent::kTextEncoder && starts_with(t.path, text_model)) {
@@ -220,10 +235,17 @@ LoraPlan plan_lora(const std::string& file, const std::map<std::string, io::Tens
       unknown.push_back(io::short_key(key));
     } else if (!slot) {
       unmatched.push_back(io::short_key(key));
-    } else if (!slot->empty()) {
-      problems.push_back(io::short_key(key) + ": a second key for the factor of " +
-                         io::short_key(*slot));
+    } else if (!entry->stem.empty() && entry->stem != stem) {
+      // Two names of one layer (e.g. its diffusers and its original-layout kohya name).
+      if (!entry->conflict) {
+        problems.push_back("keys " + io::short_key(entry->first_key) + " and " +
+                           io::short_key(key) + " name the same layer (" +
+                           component_name(targets[by_name.at(stem)].component) + " " +
+                           io::short_key(targets[by_name.at(stem)].path) + ")");
+      }
+      entry->conflict = true;
     } else {
+      if (entry->stem.empty()) entry->stem = stem, entry->first_key = key;
       *slot = key;
     }
   }
@@ -240,6 +262,7 @@ LoraPlan plan_lora(const std::string& file, const std::map<std::string, io::Tens
                                     unmatched));
   }
   for (const auto& [index, p] : pending) {
+    if (p.conflict) continue;
     const auto& t = targets[index];
     const std::string name = io::short_key(p.down.empty() ? p.up : p.down);
     if (p.down.empty() || p.up.empty()) {

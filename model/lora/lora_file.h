@@ -11,6 +11,11 @@
 //   [out, rank(, 1, 1)] and optionally ".alpha" (a scalar; scale alpha / rank). A layer without
 //   one takes, as diffusers does, the most common alpha of its component's layers (the rank,
 //   scale 1, when none has one; kohya's and A1111's own code use the rank in both cases).
+//   A U-Net <path> may also be the layer's path in the original LDM / SGM module tree (what
+//   ComfyUI, LyCORIS and newer trainers save: "lora_unet_input_blocks_1_0_in_layers_2",
+//   "lora_unet_middle_block_1_proj_in", "lora_unet_time_embed_0"), as the single-file
+//   checkpoint mapping names it (io::original_unet_modules, model/io/original_checkpoint.h).
+//   One file may use both namings, one name per layer: two keys of one layer are refused.
 // - diffusers / PEFT (save_lora_weights): "unet.<path>.lora_A.weight" and ".lora_B.weight",
 //   "text_encoder.<path>...". The scale is lora_alpha / rank, lora_alpha from the file's
 //   "lora_adapter_metadata" (diffusers writes "unet.lora_alpha", "text_encoder.lora_alpha", ...)
@@ -81,9 +86,12 @@ struct LoraPlan {
 // Plans `tensors` (a header's, name -> info) onto `targets`: detects the layout, matches every
 // key to a layer and checks every shape and dtype (floating point; ranks 1..kMaxLoraRank; the
 // layer's in/out widths and kernel). Throws LoraFileError "FILE: ..." listing every unknown or
-// unmatched key and every mismatch together.
+// unmatched key, every layer named twice and every mismatch together.
+// `unet_layers_per_block`: the U-Net's (every block's) layers per block, which numbers the
+// original layout's blocks; 0 when the blocks differ (no original-layout names are read).
 LoraPlan plan_lora(const std::string& file, const std::map<std::string, io::TensorInfo>& tensors,
-                   const io::Metadata& metadata, const std::vector<TargetLayer>& targets);
+                   const io::Metadata& metadata, const std::vector<TargetLayer>& targets,
+                   int64_t unet_layers_per_block = 0);
 
 // The alpha PEFT's settings give the layer at `path` (alpha_pattern: an exact key, or a key the
 // path ends with after a "."), else lora_alpha, else `rank`; and the resulting scale.

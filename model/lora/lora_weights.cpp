@@ -9,6 +9,7 @@
 #include "model/io/safetensors.h"
 #include "model/models/attention.h"
 #include "model/models/resnet.h"
+#include "model/models/unets/unet_2d_condition.h"
 #include "model/pruning/gate_scores.h"
 #include "model/pruning/unet_pruner.h"
 #include "model/pruning/unit_order.h"
@@ -74,6 +75,14 @@ LoraTargets::LoraTargets(torch::nn::Module& unet, torch::nn::Module& text_encode
     : device_(device), dtype_(dtype) {
   collect(unet, LoraComponent::kUNet, layers_, detail_);
   collect(text_encoder, LoraComponent::kTextEncoder, layers_, detail_);
+  // The original layout (which kohya names may follow) numbers the blocks by one depth.
+  if (const auto* model = dynamic_cast<const models::UNet2DConditionModelImpl*>(&unet)) {
+    const auto& config = model->config();
+    unet_layers_per_block_ = config.layers(0);
+    for (size_t b = 1; b < config.num_blocks(); ++b) {
+      if (config.layers(b) != unet_layers_per_block_) unet_layers_per_block_ = 0;
+    }
+  }
 
   if (!pruner) return;
   std::map<std::string, size_t> unet_index;
@@ -114,7 +123,8 @@ std::shared_ptr<const LoraWeights> LoraTargets::read(const std::filesystem::path
   io::SafetensorsFile file(path);
   std::map<std::string, io::TensorInfo> infos;
   for (const auto& name : file.names()) infos.emplace(name, file.info(name));
-  const auto plan = plan_lora(path.string(), infos, file.metadata(), layers_);
+  const auto plan =
+      plan_lora(path.string(), infos, file.metadata(), layers_, unet_layers_per_block_);
 
   auto weights = std::make_shared<LoraWeights>();
   weights->file = path;

@@ -71,6 +71,7 @@ class LoraTargets {
  private:
   std::vector<TargetLayer> layers_;
   std::vector<Layer> detail_;
+  int64_t unet_layers_per_block_ = 0;  // every U-Net block's (0: they differ), plan_lora's
   c10::Device device_;
   c10::ScalarType dtype_;
 };

@@ -1,8 +1,8 @@
 // libFuzzer target: a LoRA file's header (model/lora/lora_file.h) on untrusted bytes. The input
 // is a whole safetensors file; its validated header is planned onto a fixed set of layers (a
-// linear, a 3x3 and a 1x1 convolution, a text encoder linear). Planning must never crash,
-// must throw LoraFileError naming the file or give layers whose factors fit their target, and
-// PEFT scales must be finite and positive.
+// linear, a 3x3 and a 1x1 convolution, a text encoder linear; U-Net names in the diffusers and
+// the original layout). Planning must never crash, must throw LoraFileError naming the file or
+// give layers whose factors fit their target, and PEFT scales must be finite and positive.
 
 #include <cmath>
 #include <cstdint>
@@ -29,7 +29,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;
   }
   try {
-    const auto plan = lora::plan_lora("fuzz.safetensors", header.tensors, header.metadata, targets);
+    // Two layers per block: kohya names in the original layout too (input_blocks_1_0_...).
+    const auto plan =
+        lora::plan_lora("fuzz.safetensors", header.tensors, header.metadata, targets, 2);
     if (plan.layers.empty()) std::abort();
     for (const auto& layer : plan.layers) {
       if (layer.target >= targets.size()) std::abort();

@@ -171,6 +171,18 @@ def seeds():
                 ("lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight", "F32", [32, 2, 1, 1], 4),
                 ("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight", "F16", [2, 24], 2),
                 ("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight", "F16", [96, 2], 2)]),
+            # The original (LDM) layout's names of the same layers (two layers per block).
+            "kohya-ldm.safetensors": safetensors([
+                ("lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q.lora_down.weight",
+                 "F16", [4, 32], 2),
+                ("lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q.lora_up.weight",
+                 "F16", [32, 4], 2),
+                ("lora_unet_input_blocks_1_0_in_layers_2.lora_down.weight", "F32",
+                 [2, 16, 3, 3], 4),
+                ("lora_unet_input_blocks_1_0_in_layers_2.lora_up.weight", "F32", [32, 2, 1, 1], 4),
+                ("lora_unet_input_blocks_1_0_in_layers_2.alpha", "F32", [], 4),
+                ("lora_unet_middle_block_1_proj_in.lora_down.weight", "F32", [2, 32, 1, 1], 4),
+                ("lora_unet_middle_block_1_proj_in.lora_up.weight", "F32", [32, 2, 1, 1], 4)]),
             "peft.safetensors": safetensors([
                 ("unet.mid_block.attentions.0.proj_in.lora_A.weight", "F32", [2, 32, 1, 1], 4),
                 ("unet.mid_block.attentions.0.proj_in.lora_B.weight", "F32", [32, 2, 1, 1], 4),

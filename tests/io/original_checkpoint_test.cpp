@@ -1,6 +1,6 @@
 // The key names of original-layout (CompVis / A1111) single-file checkpoints, without libtorch:
 // SD1.5's block layout, the VAE's and CLIP's names, ignored keys, duplicates, hostile names, the
-// pickle refusal.
+// pickle refusal; the original-layout paths of the diffusers U-Net modules.
 
 #include "model/io/original_checkpoint.h"
 
@@ -215,6 +215,38 @@ TEST(OriginalCheckpoint, PickleFilesAreRefused) {
   // A safetensors header length whose low bytes look like a pickle opcode is still safetensors:
   // its JSON header starts at byte 8.
   EXPECT_FALSE(pickle_refusal("m.safetensors", std::string("\x80\x02\0\0\0\0\0\0{\"", 10)));
+}
+
+// The other direction, for LoRA files' kohya names (model/lora/lora_file.h).
+TEST(OriginalCheckpoint, UNetModulesOfTheOriginalLayoutFollowTheKeyMapping) {
+  OriginalLayout sd15;  // two layers per block
+  using Paths = std::vector<std::string>;
+  EXPECT_EQ(original_unet_modules("down_blocks.1.resnets.0.conv1", sd15),
+            Paths{"input_blocks.4.0.in_layers.2"});
+  EXPECT_EQ(original_unet_modules("up_blocks.3.attentions.2.proj_out", sd15),
+            Paths{"output_blocks.11.1.proj_out"});
+  EXPECT_EQ(original_unet_modules("up_blocks.0.upsamplers.0.conv", sd15),
+            (Paths{"output_blocks.2.1.conv", "output_blocks.2.2.conv"}));
+  EXPECT_EQ(original_unet_modules("down_blocks.2.downsamplers.0.conv", sd15),
+            Paths{"input_blocks.9.0.op"});
+  EXPECT_EQ(original_unet_modules("time_embedding.linear_2", sd15), Paths{"time_embed.2"});
+  EXPECT_EQ(original_unet_modules("mid_block.resnets.1.conv_shortcut", sd15),
+            Paths{"middle_block.2.skip_connection"});
+  // Not in the layout: a third ResNet in a two-layer block, a second mid attention.
+  EXPECT_TRUE(original_unet_modules("down_blocks.0.resnets.2.conv1", sd15).empty());
+  EXPECT_TRUE(original_unet_modules("mid_block.attentions.1.proj_in", sd15).empty());
+  // One layer per block (tiny-a): down block 1 starts at input block 3.
+  OriginalLayout one;
+  one.unet_layers_per_block = 1;
+  EXPECT_EQ(original_unet_modules("down_blocks.1.resnets.0.conv2", one),
+            Paths{"input_blocks.3.0.out_layers.3"});
+  // Each candidate maps back onto the module's weight.
+  const auto paths = original_unet_modules("up_blocks.1.resnets.2.conv1", sd15);
+  EXPECT_EQ(paths, Paths{"output_blocks.5.0.in_layers.2"});
+  for (const auto& path : paths) {
+    const auto key = map_original_key("model.diffusion_model." + path + ".weight", sd15);
+    EXPECT_EQ(key.target.name, "up_blocks.1.resnets.2.conv1.weight") << path;
+  }
 }
 
 }  // namespace

@@ -1,9 +1,11 @@
 // LoRA against diffusers' load_lora_weights + set_adapters (tests/parity/ref_lora.py: kohya and
-// PEFT layouts, U-Net and text encoder, linear and convolution LoRAs, two at once); a pruned
-// level computes the LoRA branch on the kept channels only (sliced == masked with a LoRA);
-// batching, the base weights untouched for other requests, the cache, hostile files.
+// PEFT layouts, kohya U-Net names of the original LDM layout, U-Net and text encoder, linear and
+// convolution LoRAs, two at once); a pruned level computes the LoRA branch on the kept channels
+// only (sliced == masked with a LoRA); batching, the base weights untouched for other requests,
+// the cache, hostile files.
 #include <cstdio>
 #include <fstream>
+#include <set>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -46,13 +48,28 @@ TEST(LoraParity, EachLoraChangesTheReferenceImageMeasurably) {
   const auto images = io::load_safetensors(ref() / "images.safetensors");
   const auto run = pipeline_run_from_env();
   const auto tolerance = pipeline_tolerance(run.dtype, run.reference_dtype, run.device);
-  for (const char* name : {"kohya-a", "peft-a", "both-a", "kohya-b"}) {
+  for (const char* name : {"kohya-a", "peft-a", "both-a", "kohya-b", "kohya-ldm-b"}) {
     const auto diff = (images.at(name) - images.at(std::string(name) + "-none")).abs();
     std::printf("%s: mean |LoRA - none| %.4f, max %.4f\n", name, diff.mean().item<double>(),
                 diff.max().item<double>());
     EXPECT_GT(diff.mean().item<double>(), 10 * tolerance.mean_diff) << name;
     EXPECT_GT(diff.max().item<double>(), 2 * tolerance.max_diff) << name;
   }
+}
+
+// The LDM-named file adapts the layers the diffusers-named one does (but up_blocks.0's upsampler,
+// which ref_lora.py leaves out), through the U-Net's depth that LoraTargets passes on.
+TEST(LoraParity, LdmNamedKohyaFileAdaptsTheSameLayers) {
+  auto pipeline = pipelines::StableDiffusionPipeline::load(parity_model("tiny-b"));
+  const auto& targets = pipeline->lora_targets();
+  const auto diffusers_named = targets.read(ref() / "kohya-b.safetensors");
+  const auto ldm_named = targets.read(ref() / "kohya-ldm-b.safetensors");
+  std::set<std::string> a, b;
+  for (const auto& l : diffusers_named->layers) a.insert(targets.layers()[l.target].path);
+  for (const auto& l : ldm_named->layers) b.insert(targets.layers()[l.target].path);
+  a.erase("up_blocks.0.upsamplers.0.conv");
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(ldm_named->unet_layers, diffusers_named->unet_layers - 1);
 }
 
 // sliced == masked (tests/pruning) with a LoRA on every layer, the gated ones included: the

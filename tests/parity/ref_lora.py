@@ -4,10 +4,12 @@ tiny models, with random LoRAs in both layouts ldcp reads.
 Writes DIR/ref/lora/: kohya-a.safetensors and kohya-b.safetensors (the kohya / A1111 layout:
 lora_unet_* and lora_te_* with .lora_down.weight, .lora_up.weight and .alpha, on every Linear and
 Conv2d of tiny-a's / tiny-b's U-Net and text encoder: linear LoRAs, 3x3 and 1x1 convolution
-LoRAs as LoCon; some layers without .alpha, some of another rank), peft-a.safetensors (the
-diffusers / PEFT layout that save_lora_weights writes, with its lora_adapter_metadata:
-lora_alpha 8 at rank 4), cases.json (the pipeline_parity.h case format plus "loras": file and
-weight) and images.safetensors (case name -> float32 [n, H, W, 3] in [0, 1]), the no-LoRA
+LoRAs as LoCon; some layers without .alpha, some of another rank), kohya-ldm-b.safetensors
+(kohya on tiny-b, the U-Net's keys named after the original LDM / SGM module tree, as ComfyUI
+and LyCORIS save them: lora_unet_input_blocks_4_1_proj_in, ..._output_blocks_3_0_in_layers_2),
+peft-a.safetensors (the diffusers / PEFT layout that save_lora_weights writes, with its
+lora_adapter_metadata: lora_alpha 8 at rank 4), cases.json (the pipeline_parity.h case format
+plus "loras": file and weight) and images.safetensors (case name -> float32 [n, H, W, 3] in [0, 1]), the no-LoRA
 images included (case names ending in "-none"), so that the C++ test also checks that each LoRA
 changes the image by far more than the tolerance.
 """
@@ -17,6 +19,7 @@ import transformers.integrations.peft as transformers_peft
 from diffusers import StableDiffusionPipeline
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from common import mark_done, models_dir, parse_args, ref_dir, save_json, save_tensors
@@ -38,12 +41,16 @@ def lora_layers(module):
             if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
 
 
-def kohya_factors(prefix, module, generator, state):
+def kohya_factors(prefix, module, generator, state, rename=lambda name: name):
     """Random kohya factors for every layer: rank 4 (every fifth layer rank 2), alpha 2.0
-    (every third layer none: alpha = rank)."""
+    (every third layer none: alpha = rank). `rename`: the module path a layer's key is written
+    under (None: the layer is left out)."""
     for i, (name, layer) in enumerate(lora_layers(module)):
         rank = 2 if i % 5 == 4 else 4
-        key = prefix + name.replace(".", "_")
+        renamed = rename(name)
+        if renamed is None:
+            continue
+        key = prefix + renamed.replace(".", "_")
         if isinstance(layer, torch.nn.Linear):
             down_shape = (rank, layer.in_features)
             up_shape = (layer.out_features, rank)
@@ -66,6 +73,53 @@ def write_kohya(pipe, path, seed):
     # kohya names the text encoder's layers as transformers 4 did, under "text_model." (which
     # transformers 5's CLIPTextModel no longer has as a module level).
     kohya_factors("lora_te_text_model_", pipe.text_encoder, generator, state)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+
+
+LDM_FIXED = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
+             "time_embedding.linear_2": "time_embed.2", "conv_out": "out.2"}
+LDM_RESNET = {"conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "conv2": "out_layers.3",
+              "conv_shortcut": "skip_connection"}
+
+
+def ldm_unet_path(unet, path):
+    """The original LDM / SGM module path of a diffusers U-Net layer (what ComfyUI and LyCORIS
+    name kohya keys after): input_blocks.i (i >= 1: down block (i-1) / (L+1), layer
+    (i-1) % (L+1), .0 ResNet or downsampler "op", .1 attention), middle_block.{0,1,2},
+    output_blocks.i (up block i / (L+1), layer i % (L+1): .0 ResNet, .1 attention, then the
+    upsampler "conv"). None for an upsampler that follows a ResNet (output_blocks.i.1.conv),
+    which diffusers' _maybe_map_sgm_blocks_to_diffusers reads as an attention."""
+    if path in LDM_FIXED:
+        return LDM_FIXED[path]
+    step = unet.config.layers_per_block + 1
+    parts = path.split(".")
+    if parts[0] == "mid_block":
+        index = {"resnets.0": 0, "attentions.0": 1, "resnets.1": 2}[".".join(parts[1:3])]
+        rest = ".".join(parts[3:])
+        return f"middle_block.{index}." + (LDM_RESNET[rest] if parts[1] == "resnets" else rest)
+    block, kind, layer, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
+    down = parts[0] == "down_blocks"
+    first = block * step + 1 if down else block * step
+    if kind in ("downsamplers", "upsamplers"):
+        if down:
+            return f"input_blocks.{first + step - 1}.0.op"
+        if not hasattr(unet.up_blocks[block], "attentions"):
+            return None
+        return f"output_blocks.{first + step - 1}.2.conv"
+    blocks = "input_blocks" if down else "output_blocks"
+    if kind == "resnets":
+        return f"{blocks}.{first + layer}.0.{LDM_RESNET[rest]}"
+    return f"{blocks}.{first + layer}.1.{rest}"
+
+
+def write_kohya_ldm(pipe, path, seed):
+    """kohya factors as write_kohya's, the U-Net's keys named after the LDM module tree."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    kohya_factors("lora_unet_", pipe.unet, generator, state,
+                  rename=lambda name: ldm_unet_path(pipe.unet, name))
+    kohya_factors("lora_te_text_model_", pipe.text_encoder, generator, state)
+    assert any(k.startswith("lora_unet_input_blocks_4_1_") for k in state), sorted(state)
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
 
 
@@ -107,6 +161,7 @@ CASES = [
     case("both-a", "tiny-a", [("kohya-a.safetensors", 0.5), ("peft-a.safetensors", -0.7)],
          sampler="dpmpp_2m", num_images=2),
     case("kohya-b", "tiny-b", [("kohya-b.safetensors", 1.0)], steps=4),
+    case("kohya-ldm-b", "tiny-b", [("kohya-ldm-b.safetensors", 0.9)], steps=4, seed=8),
 ]
 
 
@@ -122,6 +177,7 @@ def main():
     write_kohya(pipes["tiny-a"][0], out / "kohya-a.safetensors", 1)
     write_kohya(pipes["tiny-b"][0], out / "kohya-b.safetensors", 2)
     write_peft(pipes["tiny-a"][0], out / "peft-a.safetensors", 3)
+    write_kohya_ldm(pipes["tiny-b"][0], out / "kohya-ldm-b.safetensors", 4)
 
     images = {}
     cases = []
@@ -141,7 +197,12 @@ def main():
         names = []
         for i, lora in enumerate(c["loras"]):
             names.append(f"l{i}")
-            pipe.load_lora_weights(str(out), weight_name=lora["name"], adapter_name=names[-1])
+            # unet_config: StableDiffusionPipeline's load_lora_weights renumbers the LDM
+            # layout's blocks (_maybe_map_sgm_blocks_to_diffusers) only when given the U-Net's
+            # config (the SDXL pipeline passes it itself); without it, input_blocks.4 becomes
+            # down_blocks.4 and PEFT drops the layers with a warning.
+            pipe.load_lora_weights(str(out), weight_name=lora["name"], adapter_name=names[-1],
+                                   unet_config=pipe.unet.config)
         pipe.set_adapters(names, adapter_weights=[lora["weight"] for lora in c["loras"]])
         for module in (pipe.unet, pipe.text_encoder):
             # Every factor came from the file: none left at PEFT's initial zeros (a key that
@@ -149,6 +210,15 @@ def main():
             for name, p in module.named_parameters():
                 if "lora_B" in name:
                     assert p.abs().sum() > 0, f"{c['name']}: {name} was not loaded"
+        for name, lora in zip(names, c["loras"]):
+            # Every U-Net layer of the file adapted (none dropped by a name diffusers mapped
+            # elsewhere).
+            with safe_open(str(out / lora["name"]), "pt") as f:
+                layers = sum((k.startswith("lora_unet_") and k.endswith(".lora_down.weight"))
+                             or (k.startswith("unet.") and k.endswith(".lora_A.weight"))
+                             for k in f.keys())
+            adapted = sum(f".lora_B.{name}." in n for n, _ in pipe.unet.named_parameters())
+            assert adapted == layers, f"{c['name']}: {adapted} U-Net layers adapted, {layers} in file"
         with_lora = run()
         pipe.unload_lora_weights()
         effect = (with_lora - none).abs().mean().item()
