@@ -49,6 +49,41 @@ void AutoLevelPolicy::record_batch(double level, int64_t images, int64_t steps, 
   }
 }
 
+AutoLevelPolicy::Clock::duration AutoLevelPolicy::gap(double batch_seconds) const {
+  return std::min<Clock::duration>(
+      config_.saturation_gap,
+      std::chrono::duration_cast<Clock::duration>(
+          std::chrono::duration<double>(config_.saturation_gap_fraction * batch_seconds)));
+}
+
+void AutoLevelPolicy::record_busy(Clock::time_point start, Clock::time_point end, double level) {
+  if (end < start) return;
+  std::lock_guard lock(mu_);
+  // Batches end out of order with several workers: a period goes on while the next batch
+  // started before, or within gap() after, the period's latest end.
+  const double seconds = std::chrono::duration<double>(end - start).count();
+  if (!busy_start_ || start > busy_end_ + gap(seconds)) {
+    busy_start_ = start;
+    busy_end_ = end;
+  } else {
+    busy_start_ = std::min(*busy_start_, start);
+    busy_end_ = std::max(busy_end_, end);
+  }
+  last_batch_seconds_ = seconds;
+  last_level_ = level;
+}
+
+bool AutoLevelPolicy::saturated(Clock::time_point now, bool running,
+                                double head_wait_seconds) const {
+  std::lock_guard lock(mu_);
+  if (!busy_start_ || !(last_batch_seconds_ > 0)) return false;
+  if (!running && now > busy_end_ + gap(last_batch_seconds_)) return false;  // it ended
+  if (head_wait_seconds < 0.5 * last_batch_seconds_) return false;
+  const double busy = std::chrono::duration<double>(now - *busy_start_).count();
+  return busy >=
+         std::max(config_.saturation_seconds, config_.saturation_batches * last_batch_seconds_);
+}
+
 double AutoLevelPolicy::arrival_rate(Clock::time_point now) const {
   std::lock_guard lock(mu_);
   // The images that arrived after the oldest arrival in the window, over the time since it:
@@ -119,7 +154,7 @@ std::optional<double> AutoLevelPolicy::throughput(double level, int64_t images, 
 
 std::optional<AutoLevelPolicy::Choice> AutoLevelPolicy::choose(
     const std::vector<Option>& fitting, double top_allowed, int64_t steps, int64_t queued_images,
-    Clock::time_point now, int64_t pixels, bool engine_idle) const {
+    Clock::time_point now, int64_t pixels, bool engine_idle, bool saturated) const {
   if (fitting.empty()) return std::nullopt;
   std::vector<Option> options = fitting;
   // By level, then the larger batch first (at one level a larger batch costs no quality).
@@ -130,6 +165,7 @@ std::optional<AutoLevelPolicy::Choice> AutoLevelPolicy::choose(
   const double lowest = options.front().level;
   const auto lowest_reason = lowest > 0 ? LevelReason::kMemory : LevelReason::kNone;
   Choice choice;
+  if (saturated) return climb(options, top_allowed, steps, pixels);
   const double arriving = arrival_rate(now);
   // What an option must serve: the arrivals, plus the queue it leaves behind drained in time
   // (`rate`: the option's measured throughput, whose batch time may lengthen the horizon).
@@ -201,6 +237,51 @@ std::optional<AutoLevelPolicy::Choice> AutoLevelPolicy::choose(
     choice.reason = LevelReason::kRequestCap;
   } else {
     choice.reason = choice.option.level <= lowest ? lowest_reason : LevelReason::kThroughput;
+  }
+  return choice;
+}
+
+AutoLevelPolicy::Choice AutoLevelPolicy::climb(const std::vector<Option>& options,
+                                               double top_allowed, int64_t steps,
+                                               int64_t pixels) const {
+  double current;
+  {
+    std::lock_guard lock(mu_);
+    current = last_level_;
+  }
+  // What the current level serves at best among the options that fit now.
+  double base = 0;
+  std::vector<std::optional<double>> rates;
+  for (const auto& o : options) {
+    rates.push_back(throughput(o.level, o.images, steps, pixels));
+    if (o.level <= current + 1e-9 && rates.back()) base = std::max(base, *rates.back());
+  }
+  Choice choice;
+  std::optional<size_t> pick;
+  for (size_t i = 0; i < options.size() && !pick; ++i) {
+    if (options[i].level > current + 1e-9 && rates[i] && *rates[i] >= kSaturationStep * base) {
+      pick = i;
+    }
+  }
+  if (!pick) {  // nothing measurably faster above: the fastest (a higher level only for a gain)
+    double best = -1;
+    for (size_t i = 0; i < options.size(); ++i) {
+      const double r = rates[i].value_or(0);
+      if (!pick || r > best * 1.02) {
+        best = r;
+        pick = i;
+      }
+    }
+  }
+  choice.option = options[*pick];
+  choice.required_rate = kSaturationStep * base;
+  if (choice.option.level <= 0) {
+    choice.reason = LevelReason::kNone;
+  } else if (choice.option.level >= top_allowed - 1e-9) {
+    choice.reason = LevelReason::kRequestCap;
+  } else {
+    choice.reason = choice.option.level <= options.front().level ? LevelReason::kMemory
+                                                                 : LevelReason::kThroughput;
   }
   return choice;
 }

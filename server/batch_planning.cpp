@@ -115,9 +115,12 @@ std::optional<RequestScheduler::Batch> RequestScheduler::plan_auto(
   for (const auto& j : queue_) {
     if (j->model == head.model) queued_images += images_of(*j);
   }
-  const auto choice = st.policy.choose(
-      fitting, allowed_of[1], pipelines::steps_run(head.params), queued_images, Clock::now(), w * h,
-      running_batches_ == 0 && st.sticky_level <= 0);
+  const auto now = Clock::now();
+  const bool saturated = st.policy.saturated(
+      now, st.running > 0, std::chrono::duration<double>(now - head.arrival).count());
+  const auto choice =
+      st.policy.choose(fitting, allowed_of[1], pipelines::steps_run(head.params), queued_images,
+                       now, w * h, running_batches_ == 0 && st.sticky_level <= 0, saturated);
   if (!choice) return std::nullopt;
   const size_t n = choice->option.requests;
   Batch b;

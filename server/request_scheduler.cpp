@@ -246,7 +246,9 @@ void RequestScheduler::dispatch() {
       }
       reserved_ += batch->reserved;
       ++running_batches_;
+      ++auto_[head->model]->running;
       running_requests_ += static_cast<int64_t>(batch->jobs.size());
+      batch->started = Clock::now();
       auto shared = std::make_shared<Batch>(std::move(*batch));
       boost::asio::post(model_pool_, [this, shared] { execute(shared); });
     }
@@ -451,6 +453,9 @@ void RequestScheduler::execute(std::shared_ptr<Batch> batch) {
     std::lock_guard lock(mu_);
     reserved_ -= batch->reserved;
     --running_batches_;
+    AutoState& st = *auto_[batch->jobs.front()->model];
+    --st.running;
+    st.policy.record_busy(batch->started, Clock::now(), batch->level);
     running_requests_ -= static_cast<int64_t>(n);
     for (auto& job : requeue) {
       if (metrics_) metrics_->oom_retry();

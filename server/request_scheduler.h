@@ -16,7 +16,9 @@
 //   up to batch_window after the head's arrival for more.
 // - AUTO (auto_level_policy.h): among the (batch, level) pairs that fit the free memory, the
 //   lowest level whose measured throughput covers the recent arrival rate while the queue
-//   drains; under a burst the fastest pair (the largest batch at the highest allowed level).
+//   drains; under a burst the fastest pair (the largest batch at the highest allowed level);
+//   while saturated (an engine busy without a pause while requests wait, as under a closed
+//   loop), one measurably faster level per decision.
 //   Hysteresis: the level rises at once but falls only one grid step at a time, after
 //   hysteresis_decisions consecutive decisions in which the lower level fits with a margin of
 //   hysteresis_fraction of the budget.
@@ -226,10 +228,11 @@ class RequestScheduler {
     double sticky_level = 0;
     LevelReason sticky_reason = LevelReason::kNone;
     int down_streak = 0;
+    int running = 0;  // this model's batches running now
   };
   std::vector<std::unique_ptr<AutoState>> auto_;  // per model
-  std::atomic<uint64_t> run_epoch_{0};                      // engine runs started
-  std::atomic<int> engine_runs_{0};                         // batches inside engine_.run() now
+  std::atomic<uint64_t> run_epoch_{0};            // engine runs started
+  std::atomic<int> engine_runs_{0};               // batches inside engine_.run() now
   std::optional<std::chrono::steady_clock::time_point> idle_since_;  // control thread, under mu_
   int64_t pending_completions_ = 0;
 };

@@ -22,6 +22,7 @@ struct RequestScheduler::Batch {
   int64_t free_at_start = 0;
   bool guided = true;
   std::optional<LevelReason> reason;  // AUTO only
+  Clock::time_point started{};        // when it was handed to a model thread
 };
 
 // Classifier-free guidance doubles the U-Net rows; costs are kept apart (cost_model.h).

@@ -2,6 +2,11 @@
 // time falls with the level: the least pruning that keeps up with the arrivals.
 
 #include "server/auto_level_policy.h"
+
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
 #include "tests/server/scheduler_fixture.h"
 
 namespace ldcp::server {
@@ -14,7 +19,8 @@ using namespace testing;
 // Steps of 60 / 25 / 8 ms at levels 0 / 0.35 / 0.7 and 2 steps per request: ~8, 20 and ~62
 // images/s (wide gaps: the machine running the tests may be busy).
 struct ThroughputFixture {
-  ThroughputFixture() : budget(1 << 30, 0, [this] { return engine.memory(); }), costs(0.0) {
+  explicit ThroughputFixture(const std::function<void(SchedulerConfig&)>& tweak = {})
+      : budget(1 << 30, 0, [this] { return engine.memory(); }), costs(0.0) {
     engine.step_time_at = [](double level) {
       return level >= 0.7 ? 8ms : level >= 0.35 ? 25ms : 60ms;
     };
@@ -33,6 +39,7 @@ struct ThroughputFixture {
     c.auto_policy.rate_window = 2000ms;
     c.auto_policy.rate_min_arrivals = 0;  // the window alone: these cases switch rates in seconds
     c.auto_policy.drain_seconds = 2;
+    if (tweak) tweak(c);
     scheduler = std::make_unique<RequestScheduler>(engine, budget, costs, &metrics, c);
     for (const auto& run : runs) {
       scheduler->auto_policy().record_batch(run.level, run.images, run.steps, run.seconds,
@@ -54,6 +61,28 @@ struct ThroughputFixture {
       EXPECT_EQ(s.done.wait_for(30s), std::future_status::ready);
       out.push_back(s.done.get());
     }
+    return out;
+  }
+  // `clients` closed-loop clients (each resubmits as soon as it is answered) for `duration`, the
+  // i-th starting i x `stagger` later; the outcomes in completion order.
+  std::vector<JobOutcome> closed_loop(int clients, std::chrono::milliseconds duration,
+                                      std::chrono::milliseconds stagger = 0ms) {
+    std::mutex mu;
+    std::vector<JobOutcome> out;
+    const auto end = Clock::now() + duration;
+    std::vector<std::thread> threads;
+    for (int i = 0; i < clients; ++i) {
+      threads.emplace_back([&, i] {
+        std::this_thread::sleep_for(i * stagger);
+        while (Clock::now() < end) {
+          auto s = submit(*scheduler, 64, 0, {}, 2);
+          if (s.done.wait_for(30s) != std::future_status::ready) return;
+          std::lock_guard lock(mu);
+          out.push_back(s.done.get());
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
     return out;
   }
   // The median level of the last third (after the start-up transient).
@@ -154,7 +183,7 @@ TEST(AutoLevelPolicy, AfterABurstTheLevelFallsToThePolicysChoiceOnceTheQueueEmpt
     ASSERT_EQ(o.status, Status::kOk) << o.message;
     highest = std::max(highest, o.level);
   }
-  EXPECT_GT(highest, 0.0);  // the burst was served pruned
+  EXPECT_GT(highest, 0.0);              // the burst was served pruned
   std::this_thread::sleep_for(2200ms);  // past the 2 s rate window: no arrivals in it
   auto lone = submit(*f.scheduler, 64, 0, {}, 2);
   const auto o = wait(lone);
@@ -225,6 +254,123 @@ TEST(AutoLevelPolicy, ASlowModelsShortQueueDrainsWithinFourBatchesUnpruned) {
   ASSERT_TRUE(long_queue);
   EXPECT_EQ(long_queue->option.level, 0.7);
   EXPECT_EQ(long_queue->reason, LevelReason::kRequestCap);
+}
+
+// Saturation config for the fake engine's ~120 ms batches: 4 batches or 0.5 s of unbroken work.
+void quick_saturation(SchedulerConfig& c) {
+  c.auto_policy.saturation_seconds = 0.5;
+  c.auto_policy.saturation_batches = 4;
+}
+
+// Four closed-loop clients: the arrival rate is whatever the level serves, so by the rate alone
+// every level keeps up (AUTO stayed at 0.40 on the sd15 demo, 1.12x OFF). The engine never
+// pauses while requests wait: AUTO climbs to the fastest level and stays there. The server's
+// rate window and drain horizon (under the fixture's short ones the queue term alone prunes),
+// and clients that join one by one, as on a server that was serving one of them: by the rate
+// alone AUTO stays where the first client had it (0.35 in this case).
+TEST(AutoLevelPolicy, ClosedLoopClientsSaturateTheEngineAndAutoClimbsToTheFastestLevel) {
+  ThroughputFixture f([](SchedulerConfig& c) {
+    c.auto_policy = AutoLevelConfig{};
+    quick_saturation(c);
+  });
+  const auto outcomes = f.closed_loop(4, 4000ms, 300ms);
+  ASSERT_GT(outcomes.size(), 24u);
+  for (const auto& o : outcomes) ASSERT_EQ(o.status, Status::kOk) << o.message;
+  EXPECT_DOUBLE_EQ(ThroughputFixture::settled_level(outcomes), 0.7);
+  // Nothing keeps up with a closed loop: most of the settled batches ran at the request cap (the
+  // last ones, as the clients stop, may be served by the rate again).
+  size_t capped = 0, settled = 0;
+  for (size_t i = outcomes.size() * 2 / 3; i < outcomes.size(); ++i, ++settled) {
+    capped += std::string(outcomes[i].level_reason) == "request_cap";
+  }
+  EXPECT_GT(2 * capped, settled);
+}
+
+// One client that sends its next request when answered keeps the engine busy too, but nothing
+// waits in the queue: no pruning.
+TEST(AutoLevelPolicy, ASequentialClientIsNotSaturationAndRunsUnpruned) {
+  ThroughputFixture f(quick_saturation);
+  const auto outcomes = f.closed_loop(1, 2000ms);
+  ASSERT_GT(outcomes.size(), 8u);
+  for (const auto& o : outcomes) {
+    ASSERT_EQ(o.status, Status::kOk) << o.message;
+    EXPECT_EQ(o.level, 0.0);
+  }
+}
+
+// An open loop at half of level 0's throughput leaves pauses between busy periods: unpruned.
+TEST(AutoLevelPolicy, AnOpenLoopLevelZeroServesWithPausesStaysUnprunedUnderTheSaturationRule) {
+  ThroughputFixture f(quick_saturation);
+  const auto outcomes = f.load(4, 3000ms);  // level 0 serves ~8/s
+  for (const auto& o : outcomes) ASSERT_EQ(o.status, Status::kOk) << o.message;
+  EXPECT_EQ(ThroughputFixture::settled_level(outcomes), 0.0);
+}
+
+// saturated(): an unbroken busy period of saturation_batches batches (or saturation_seconds)
+// while the oldest request has waited half a batch.
+TEST(AutoLevelPolicy, SaturationIsAnUnbrokenBusyPeriodWhileRequestsWait) {
+  using std::chrono::milliseconds;
+  const auto t0 = AutoLevelPolicy::Clock::now();
+  AutoLevelConfig config;
+  config.saturation_seconds = 5;
+  config.saturation_batches = 4;
+  config.saturation_gap = 500ms;
+  AutoLevelPolicy policy(config);
+  EXPECT_FALSE(policy.saturated(t0, false, 10));  // nothing ran yet
+  // Batches of 2 s, 100 ms apart (a closed loop's resubmission): 8 s of work by t0 + 8.3 s.
+  for (int i = 0; i < 4; ++i) {
+    policy.record_busy(t0 + milliseconds(i * 2100), t0 + milliseconds(i * 2100 + 2000), 0.0);
+  }
+  const auto now = t0 + milliseconds(4 * 2100 - 100 + 10);
+  EXPECT_TRUE(policy.saturated(now, false, 2.0));
+  EXPECT_FALSE(policy.saturated(now, false, 0.5));       // the head barely waited: nobody queues
+  EXPECT_FALSE(policy.saturated(now + 1s, false, 2.0));  // a pause: the period ended
+  EXPECT_TRUE(policy.saturated(now + 1s, true, 2.0));    // unless a batch is still running
+  // After a pause longer than saturation_gap a new period starts: 2 batches are not enough.
+  const auto later = now + 5s;
+  policy.record_busy(later, later + 2s, 0.0);
+  policy.record_busy(later + 2050ms, later + 4050ms, 0.0);
+  EXPECT_FALSE(policy.saturated(later + 4100ms, false, 2.0));
+  policy.record_busy(later + 4100ms, later + 6100ms, 0.0);
+  policy.record_busy(later + 6150ms, later + 8150ms, 0.0);
+  EXPECT_TRUE(policy.saturated(later + 8200ms, false, 2.0));
+}
+
+// Under saturation AUTO steps from the last batch's level to the next measurably faster one,
+// whatever the arrival rate says, and at the top stays there (the request cap).
+TEST(AutoLevelPolicy, UnderSaturationAutoStepsUpOneMeasurablyFasterLevelPerDecision) {
+  const auto t0 = AutoLevelPolicy::Clock::now();
+  AutoLevelConfig config;
+  config.rate_window = 200s;
+  config.rate_min_arrivals = 0;
+  AutoLevelPolicy policy(config);
+  policy.record_batch(0.0, 1, 1, 10.0);  // 0.1 images/s
+  policy.record_batch(0.35, 1, 1, 9.8);  // 2% faster: not worth a level
+  policy.record_batch(0.5, 1, 1, 8.0);
+  policy.record_batch(0.7, 1, 1, 6.0);
+  const std::vector<AutoLevelPolicy::Option> fitting = {
+      {1, 1, 0.0}, {1, 1, 0.35}, {1, 1, 0.5}, {1, 1, 0.7}};
+  // A closed loop's rate: exactly level 0's throughput, so by the rate level 0 keeps up.
+  for (int i = 0; i <= 10; ++i) policy.record_arrival(1, t0 + std::chrono::seconds(i * 10));
+  const auto now = t0 + 100s;
+  const auto by_rate = policy.choose(fitting, 0.7, 1, /*queued_images=*/2, now);
+  ASSERT_TRUE(by_rate);
+  EXPECT_EQ(by_rate->option.level, 0.0);
+
+  policy.record_busy(now - 10s, now, 0.0);
+  auto step = policy.choose(fitting, 0.7, 1, 3, now, 0, false, /*saturated=*/true);
+  ASSERT_TRUE(step);
+  EXPECT_EQ(step->option.level, 0.5);  // 0.35 is within 5% of level 0: skipped
+  EXPECT_EQ(step->reason, LevelReason::kThroughput);
+  policy.record_busy(now, now + 8s, 0.5);
+  step = policy.choose(fitting, 0.7, 1, 3, now + 8s, 0, false, true);
+  ASSERT_TRUE(step);
+  EXPECT_EQ(step->option.level, 0.7);
+  EXPECT_EQ(step->reason, LevelReason::kRequestCap);
+  policy.record_busy(now + 8s, now + 14s, 0.7);
+  step = policy.choose(fitting, 0.7, 1, 3, now + 14s, 0, false, true);
+  ASSERT_TRUE(step);
+  EXPECT_EQ(step->option.level, 0.7);
 }
 
 }  // namespace
