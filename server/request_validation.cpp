@@ -266,8 +266,14 @@ int64_t request_work(int64_t width, int64_t height, int64_t images, int64_t step
 
 AskedShape asked_shape(const v1::GenerateRequest& r, const RequestLimits& lim) {
   AskedShape a;
-  a.width = r.width() == 0 ? lim.default_size : static_cast<int64_t>(r.width());
-  a.height = r.height() == 0 ? lim.default_size : static_cast<int64_t>(r.height());
+  // The default size of the model it named (the first model's for an unknown one).
+  int64_t size = lim.default_size;
+  size_t model = 0;
+  if (!lim.models.empty() && resolve_model(r, lim, model).empty()) {
+    size = lim.models[model].default_size;
+  }
+  a.width = r.width() == 0 ? size : static_cast<int64_t>(r.width());
+  a.height = r.height() == 0 ? size : static_cast<int64_t>(r.height());
   a.steps = r.steps() == 0 ? lim.default_steps : static_cast<int64_t>(r.steps());
   a.images = r.num_images() == 0 ? 1 : static_cast<int64_t>(r.num_images());
   return a;

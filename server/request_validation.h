@@ -27,8 +27,9 @@ struct RequestLimits {
   double max_guidance = 50.0;
   int64_t max_images = 4;
   int64_t max_prompt_chars = 2000;
-  int64_t text_encoder_layers = 12;  // clip_skip's bound (the service sets the model's)
-  int64_t max_loras = 0;             // a request's LoRAs (0: the server has no --lora-dir)
+  int64_t text_encoder_layers =
+      12;                 // clip_skip: a coarse bound (SD1.5); the engine checks the model's own
+  int64_t max_loras = 0;  // a request's LoRAs (0: the server has no --lora-dir)
   std::string default_sampler = "pndm";
   std::vector<std::string> samplers = {"pndm",    "ddim",     "euler",
                                        "euler_a", "dpmpp_2m", "dpmpp_2m_karras"};

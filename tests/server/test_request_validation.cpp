@@ -332,6 +332,19 @@ TEST(RequestValidation, ModelPicksTheModelAndItsDefaultSize) {
   EXPECT_EQ(x.model, 0u);
 }
 
+// A rejected request's log line shows the size it would have run at: its model's default.
+TEST(RequestValidation, AskedShapeUsesTheNamedModelsDefaultSize) {
+  v1::GenerateRequest r;
+  r.set_model("small");
+  r.set_steps(9999);  // rejected, but logged with what it asked for
+  const auto a = asked_shape(r, two_models());
+  EXPECT_EQ(a.width, 64);
+  EXPECT_EQ(a.height, 64);
+  EXPECT_EQ(a.steps, 9999);
+  r.set_model("nosuchmodel");  // unknown: the first model's
+  EXPECT_EQ(asked_shape(r, two_models()).width, 512);
+}
+
 TEST(RequestValidation, UnknownModelIsQuotedShortAndListsTheServersModels) {
   auto r = valid();
   r.set_model(std::string(100000, 'm'));
