@@ -320,17 +320,27 @@ DEMO_OVERRIDES = {"LDCP_DEFAULT_SIZE": 64, "LDCP_CALIBRATE_SIZES": "64x64",
                   "LDCP_DEFAULT_STEPS": 4, "LDCP_LOG_FORMAT": "text"}
 
 
-def start_server(work, overlay="cpu", name="server", **overrides):
+def start_server(work, overlay="cpu", name="server", models=(), **overrides):
     """ldcp-server on the tiny demo model, configured by `overlay`'s ConfigMap (as the pod's
-    environment) with DEMO_OVERRIDES and `overrides` on top, on loopback ports."""
+    environment) with DEMO_OVERRIDES and `overrides` on top, on loopback ports. `models`: names
+    of several tiny demo models (of different seeds) to serve instead, the first the default."""
     env = server_env(render(overlay))
     env.update(DEMO_OVERRIDES)
     env.update(overrides)
     for k in ("LDCP_LISTEN", "LDCP_METRICS_LISTEN", "LDCP_MODEL"):
         env.pop(k)  # the Server's flags: the demo model, free loopback ports
-    model = lib.demo_model(work)
+    model, args = lib.demo_model(work), []
+    for seed, m in enumerate(models, start=1):
+        path = Path(work) / f"tiny-{m}"
+        if not (path / "model_index.json").exists():
+            subprocess.run([lib.tool("ldcp"), "init-demo-model", str(path), "--config", "tiny",
+                            "--seed", str(seed)], check=True, stdout=subprocess.DEVNULL,
+                           timeout=300)
+        args += ["--model", f"{m}={path}"]
+    if args:
+        model, args = args[1], args[2:]
     with environment(env):
-        server = lib.Server(model, work, name=name)
+        server = lib.Server(model, work, *args, name=name)
     return server.wait_ready(timeout=120)
 
 

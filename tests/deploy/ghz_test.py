@@ -1,9 +1,10 @@
 """bench/ghz: every scenario config parses as ghz reads it (known keys, durations, sizes,
 templates), names a method the live server offers through reflection (with the right streaming
 shape), carries message sizes the server's responses fit in, and every request message in it is
-accepted by a live ldcp-server on the demo model and served as its pruning mode says (AUTO,
-FIXED, OFF). run.sh is run with a stand-in `ghz` (ghz cannot be installed here) to check the
-flags it passes and the JSON and HTML reports it keeps.
+accepted by a live ldcp-server on the demo model (the models scenario: on two demo models, each
+reply from the model asked for) and served as its pruning mode says (AUTO, FIXED, OFF). run.sh
+is run with a stand-in `ghz` (ghz cannot be installed here) to check the flags it passes and the
+JSON and HTML reports it keeps.
 
 Run by CTest (deploy_ghz); needs the built ldcp-server and ldcp."""
 
@@ -25,7 +26,9 @@ import deploylib as dl
 
 GHZ_DIR = dl.SOURCE_DIR / "bench" / "ghz"
 CONFIGS = sorted(GHZ_DIR.glob("*.json"))
-SCENARIOS = {"steady", "step", "burst", "stream"}
+SCENARIOS = {"steady", "step", "burst", "stream", "models"}
+# The models scenario's server: two models under these names (run.sh's help says so).
+MODEL_NAMES = ["base", "alt"]
 SERVICE = "ldcp.v1.ImageGeneration"
 # The keys of ghz's configuration file (its runner.Config and command-line options).
 GHZ_KEYS = {
@@ -154,6 +157,17 @@ class Configs(unittest.TestCase):
         self.assertTrue(all(1 < m.get("clip_skip", 0) <= 2 for m in a1111))
         self.assertFalse(any({"init_image", "mask_image", "strength"} & set(m)
                              for cfg in map(config, CONFIGS) for m in messages(cfg)))
+        # Only the models scenario names models: the others serve a one-model server. It asks
+        # for each model by name, and for the default with `model` left out, in AUTO, FIXED and
+        # OFF across them.
+        models = config(GHZ_DIR / "models.json")
+        for path in CONFIGS:
+            if path.stem != "models":
+                self.assertFalse(any("model" in m for m in messages(config(path))), path.name)
+        self.assertEqual({m.get("model", "") for m in messages(models)}, {*MODEL_NAMES, ""})
+        for name in MODEL_NAMES:
+            self.assertGreater(len({m.get("pruning", {}).get("mode") for m in messages(models)
+                                    if m.get("model") == name}), 1, name)
 
 
 class Live(unittest.TestCase):
@@ -166,13 +180,20 @@ class Live(unittest.TestCase):
         cls.server = dl.start_server(cls.work, overlay="gpu", LDCP_DEVICE="cpu", LDCP_DTYPE="fp32",
                                      LDCP_FP16_WEIGHTS="false", LDCP_MEMORY_BUDGET="4GiB",
                                      LDCP_REFLECTION="true", **plain)
-        cls.channel = grpc.insecure_channel(cls.server.target, options=[
-            ("grpc.max_receive_message_length", 64 << 20)])
+        cls.multi = dl.start_server(cls.work, overlay="gpu", name="multi", models=MODEL_NAMES,
+                                    LDCP_DEVICE="cpu", LDCP_DTYPE="fp32",
+                                    LDCP_FP16_WEIGHTS="false", LDCP_MEMORY_BUDGET="4GiB",
+                                    LDCP_REFLECTION="true", **plain)
+        options = [("grpc.max_receive_message_length", 64 << 20)]
+        cls.channel = grpc.insecure_channel(cls.server.target, options=options)
+        cls.multi_channel = grpc.insecure_channel(cls.multi.target, options=options)
 
     @classmethod
     def tearDownClass(cls):
         cls.channel.close()
+        cls.multi_channel.close()
         cls.server.stop()
+        cls.multi.stop()
         shutil.rmtree(cls.work, ignore_errors=True)
 
     def reflected_methods(self):
@@ -220,13 +241,14 @@ class Live(unittest.TestCase):
             self.assertLessEqual(max(levels), cap + 1e-9)
 
     def test_request_data_is_served(self):
-        stub = pb_grpc.ImageGenerationStub(self.channel)
         steps = dl.DEMO_OVERRIDES["LDCP_DEFAULT_STEPS"]
         size = dl.DEMO_OVERRIDES["LDCP_DEFAULT_SIZE"]
         n = 0
         for path in CONFIGS:
             cfg = config(path)
             _, name = method_name(cfg)
+            multi = path.stem == "models"
+            stub = pb_grpc.ImageGenerationStub(self.multi_channel if multi else self.channel)
             for i, msg in enumerate(messages(cfg)):
                 with self.subTest(config=path.name, message=i):
                     req = json_format.ParseDict(render_template(msg, i), pb.GenerateRequest())
@@ -245,6 +267,8 @@ class Live(unittest.TestCase):
                     # One level per U-Net evaluation (PNDM makes one more than `steps`).
                     self.assertIn(len(resp.step_levels), (steps, steps + 1))
                     self.assertEqual(resp.request_id, req.request_id)
+                    if multi:  # the model asked for, or the first for none
+                        self.assertEqual(resp.model, req.model or MODEL_NAMES[0])
                     if req.HasField("seed"):
                         self.assertEqual(resp.seed, req.seed)
                     self.check_levels(req, list(resp.step_levels))
