@@ -49,12 +49,13 @@ struct AutoLevelConfig {
   // oldest request waiting half a batch or more (a lone sequential client waits for nothing).
   // Then AUTO steps up to the next level that is measurably faster, one per decision, for as
   // long as the busy period lasts. An open loop near capacity also has long busy periods
-  // (Poisson arrivals at 0.9x a level's throughput: half the time in periods of 10+ batches),
-  // hence the several batches and the step rather than a jump to the fastest option.
+  // (Poisson arrivals at 0.9x a level's throughput: a mean of 10 batches), hence the several
+  // batches and the step rather than a jump to the fastest option; but not many more, as an
+  // SD1.5 image on a CPU takes 10-40 s (4 batches: 40-160 s before the first step).
   std::chrono::milliseconds saturation_gap{500};
   double saturation_gap_fraction = 0.1;
   double saturation_seconds = 20;
-  double saturation_batches = 10;
+  double saturation_batches = 4;
 };
 
 class AutoLevelPolicy {
