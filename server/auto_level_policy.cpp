@@ -73,12 +73,12 @@ void AutoLevelPolicy::record_busy(Clock::time_point start, Clock::time_point end
   last_level_ = level;
 }
 
-bool AutoLevelPolicy::saturated(Clock::time_point now, bool running,
-                                double head_wait_seconds) const {
+bool AutoLevelPolicy::saturated(Clock::time_point now, bool running, double head_wait_seconds,
+                                int64_t waiting_requests) const {
   std::lock_guard lock(mu_);
   if (!busy_start_ || !(last_batch_seconds_ > 0)) return false;
   if (!running && now > busy_end_ + gap(last_batch_seconds_)) return false;  // it ended
-  if (head_wait_seconds < 0.5 * last_batch_seconds_) return false;
+  if (head_wait_seconds < 0.5 * last_batch_seconds_ && waiting_requests < 2) return false;
   const double busy = std::chrono::duration<double>(now - *busy_start_).count();
   return busy >=
          std::max(config_.saturation_seconds, config_.saturation_batches * last_batch_seconds_);

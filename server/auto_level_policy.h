@@ -45,8 +45,10 @@ struct AutoLevelConfig {
   // that never pauses while requests wait: busy without a break longer than saturation_gap (or
   // saturation_gap_fraction of a batch, if less: a client's resubmission takes milliseconds, an
   // open loop's pause is a fraction of a batch) for
-  // saturation_seconds or saturation_batches of its own batches (whichever is longer), with the
-  // oldest request waiting half a batch or more (a lone sequential client waits for nothing).
+  // saturation_seconds or saturation_batches of its own batches (whichever is longer), with
+  // requests contending: the oldest waited half a batch or more, or several are queued (clients
+  // that one batch serves together wait for nothing but each other; a lone sequential client
+  // waits for nothing and is not pruned).
   // Then AUTO steps up to the next level that is measurably faster, one per decision, for as
   // long as the busy period lasts. An open loop near capacity also has long busy periods
   // (Poisson arrivals at 0.9x a level's throughput: a mean of 10 batches), hence the several
@@ -74,8 +76,10 @@ class AutoLevelPolicy {
   // the engine all the same).
   void record_busy(Clock::time_point start, Clock::time_point end, double level);
   // Whether the engine is saturated now (AutoLevelConfig::saturation_*): `running`: a batch of
-  // this model is running; `head_wait_seconds`: how long the oldest queued request has waited.
-  bool saturated(Clock::time_point now, bool running, double head_wait_seconds) const;
+  // this model is running; `head_wait_seconds`: how long the oldest queued request has waited;
+  // `waiting_requests`: how many of this model's requests are queued.
+  bool saturated(Clock::time_point now, bool running, double head_wait_seconds,
+                 int64_t waiting_requests = 1) const;
 
   // Images per second arriving: those after the oldest arrival in the rate window over the time
   // since it (0 for a lone request).

@@ -111,13 +111,16 @@ std::optional<RequestScheduler::Batch> RequestScheduler::plan_auto(
     }
   }
   // The queue of this model: its throughput table is its own.
-  int64_t queued_images = 0;
+  int64_t queued_images = 0, queued_requests = 0;
   for (const auto& j : queue_) {
-    if (j->model == head.model) queued_images += images_of(*j);
+    if (j->model != head.model) continue;
+    queued_images += images_of(*j);
+    ++queued_requests;
   }
   const auto now = Clock::now();
   const bool saturated = st.policy.saturated(
-      now, st.running > 0, std::chrono::duration<double>(now - head.arrival).count());
+      now, st.running > 0, std::chrono::duration<double>(now - head.arrival).count(),
+      queued_requests);
   const auto choice =
       st.policy.choose(fitting, allowed_of[1], pipelines::steps_run(head.params), queued_images,
                        now, w * h, running_batches_ == 0 && st.sticky_level <= 0, saturated);

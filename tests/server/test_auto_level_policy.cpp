@@ -308,8 +308,24 @@ TEST(AutoLevelPolicy, AnOpenLoopLevelZeroServesWithPausesStaysUnprunedUnderTheSa
   EXPECT_EQ(ThroughputFixture::settled_level(outcomes), 0.0);
 }
 
+// Four closed-loop clients that one batch serves together (memory for all four at level 0):
+// nobody waits in the queue for another batch, but the engine never pauses and every client
+// waits for the others' images. Saturated too: AUTO climbs to 0.7.
+TEST(AutoLevelPolicy, ClosedLoopClientsServedInOneBatchSaturateTheEngineToo) {
+  ThroughputFixture f([](SchedulerConfig& c) {
+    c.auto_policy = AutoLevelConfig{};
+    quick_saturation(c);
+    c.max_batch = 4;
+    c.batch_window = 20ms;  // the four resubmissions join one batch
+  });
+  const auto outcomes = f.closed_loop(4, 4000ms);
+  ASSERT_GT(outcomes.size(), 24u);
+  for (const auto& o : outcomes) ASSERT_EQ(o.status, Status::kOk) << o.message;
+  EXPECT_DOUBLE_EQ(ThroughputFixture::settled_level(outcomes), 0.7);
+}
+
 // saturated(): an unbroken busy period of saturation_batches batches (or saturation_seconds)
-// while the oldest request has waited half a batch.
+// while requests contend (the oldest waited half a batch, or several are queued).
 TEST(AutoLevelPolicy, SaturationIsAnUnbrokenBusyPeriodWhileRequestsWait) {
   using std::chrono::milliseconds;
   const auto t0 = AutoLevelPolicy::Clock::now();
@@ -326,6 +342,7 @@ TEST(AutoLevelPolicy, SaturationIsAnUnbrokenBusyPeriodWhileRequestsWait) {
   const auto now = t0 + milliseconds(4 * 2100 - 100 + 10);
   EXPECT_TRUE(policy.saturated(now, false, 2.0));
   EXPECT_FALSE(policy.saturated(now, false, 0.5));       // the head barely waited: nobody queues
+  EXPECT_TRUE(policy.saturated(now, false, 0.5, 4));     // unless several clients contend
   EXPECT_FALSE(policy.saturated(now + 1s, false, 2.0));  // a pause: the period ended
   EXPECT_TRUE(policy.saturated(now + 1s, true, 2.0));    // unless a batch is still running
   // After a pause longer than saturation_gap a new period starts: 2 batches are not enough.
