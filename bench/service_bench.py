@@ -72,19 +72,24 @@ def overruns(server):
 
 
 def drive(server, stub, args, mode, clients=0, rate=0.0):
-    """Closed loop (`clients`) or open loop (Poisson at `rate` requests/s) for args.duration;
-    open-loop requests still running at the end are waited for."""
+    """Closed loop (`clients`) or open loop (Poisson at `rate` requests/s) for args.warmup +
+    args.duration; open-loop requests still running at the end are waited for. Requests sent
+    in the first args.warmup seconds are served but not counted (AUTO's level settles there)."""
     lock = threading.Lock()
     lat, waits, levels, peaks, codes, batches = [], [], Counter(), [], Counter(), []
     seq = [0]
     before = overruns(server)
     begin = time.time()
-    stop_at = begin + args.duration
+    measure_from = begin + args.warmup
+    stop_at = measure_from + args.duration
+    counted = [0]
 
     def one():
         with lock:
             seq[0] += 1
             n = seq[0]
+            counting = time.time() >= measure_from
+            counted[0] += counting
         req = pb.GenerateRequest(prompt=f"bench {n}", width=args.size, height=args.size,
                                  steps=args.steps, sampler="euler", seed=n, pruning=pruning(mode),
                                  request_id=f"{mode}-{clients}-{rate:g}-{n}")
@@ -92,8 +97,12 @@ def drive(server, stub, args, mode, clients=0, rate=0.0):
         try:
             r = stub.Generate(req, timeout=max(300, 4 * args.duration))
         except grpc.RpcError as e:
+            if not counting:
+                return
             with lock:
                 codes[e.code().name] += 1
+            return
+        if not counting:
             return
         with lock:
             codes["OK"] += len(r.images)
@@ -117,19 +126,20 @@ def drive(server, stub, args, mode, clients=0, rate=0.0):
         # offers exactly the nominal rate (a free-running draw over a short phase can offer
         # twice it), with a Poisson process's burstiness.
         rng = random.Random(int(rate * 1000))
-        count = max(1, round(rate * args.duration))
-        for t in sorted(begin + rng.uniform(0, args.duration) for _ in range(count)):
+        span = args.warmup + args.duration
+        count = max(1, round(rate * span))
+        for t in sorted(begin + rng.uniform(0, span) for _ in range(count)):
             time.sleep(max(0.0, t - time.time()))
             th = threading.Thread(target=one)
             th.start()
             threads.append(th)
     for th in threads:
         th.join()
-    elapsed = time.time() - begin
+    elapsed = time.time() - measure_from
     images = codes["OK"]
     mean_level = (sum(float(k) * v for k, v in levels.items()) / max(1, sum(levels.values())))
     # The rate the phase offered (the nominal rate, up to rounding the count).
-    offered = (seq[0] / args.duration) if not clients else float("nan")
+    offered = (counted[0] / args.duration) if not clients else float("nan")
     return {"mode": mode, "load": f"closed{clients}" if clients else f"poisson{rate:.3g}",
             "rate": rate, "offered_per_s": offered, "seconds": round(elapsed, 1), "images": images,
             "images_per_s": images / elapsed, "p50_s": pct(lat, 50), "p99_s": pct(lat, 99),
@@ -169,6 +179,8 @@ def main():
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--max-batch", type=int, default=4)
     ap.add_argument("--duration", type=float, default=90, help="seconds per phase")
+    ap.add_argument("--warmup", type=float, default=0,
+                    help="seconds before each phase's counted part: served, not counted")
     ap.add_argument("--clients", type=int, default=4, help="closed-loop clients")
     ap.add_argument("--rates", default="", help="open-loop requests/s (default: from OFF's)")
     ap.add_argument("--rate-factors", default="0.9,2",
@@ -252,7 +264,7 @@ def main():
               f"{low['mean_level']:.2f} (target <= 0.1)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {k: getattr(args, k) for k in ("size", "tile", "steps", "max_batch", "duration",
+    meta = {k: getattr(args, k) for k in ("size", "tile", "steps", "max_batch", "duration", "warmup",
                                           "clients", "rates", "quick")}
     meta["model"] = model
     out.with_suffix(".json").write_text(json.dumps({"args": meta, "budget_bytes": budget,
