@@ -2,7 +2,8 @@
 # Runs the ghz scenarios against ldcp-server and keeps each report as JSON and HTML.
 #   bench/ghz/run.sh [--host HOST:PORT] [--out DIR] [SCENARIO...] [-- GHZ_OPTION...]
 # SCENARIO: steady, step, burst, stream (default: these four, in that order), models (a server
-# with two models named base and alt: --model base=DIR --model alt=DIR). HOST defaults to
+# with two models named base and alt and a LoRA named detail: --model base=DIR --model alt=DIR
+# --lora-dir DIR holding detail.safetensors). HOST defaults to
 # $LDCP_TARGET or 127.0.0.1:50051; in a cluster use the headless Service with client-side
 # balancing: --host dns:///ldcp-server-grpc.ldcp.svc.cluster.local:50051 (ghz runs with
 # --lb-strategy round_robin then). Reports go to DIR (default bench/ghz/reports/<UTC time>):
@@ -23,7 +24,7 @@ while (($#)); do
     --) shift; passthrough=("$@"); break ;;
     --host) host="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) scenarios+=("$1"); shift ;;
   esac

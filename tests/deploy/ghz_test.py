@@ -8,6 +8,7 @@ JSON and HTML reports it keeps.
 
 Run by CTest (deploy_ghz); needs the built ldcp-server and ldcp."""
 
+import base64
 import json
 import math
 import os
@@ -29,6 +30,7 @@ CONFIGS = sorted(GHZ_DIR.glob("*.json"))
 SCENARIOS = {"steady", "step", "burst", "stream", "models"}
 # The models scenario's server: two models under these names (run.sh's help says so).
 MODEL_NAMES = ["base", "alt"]
+LORA_NAME = "detail"
 SERVICE = "ldcp.v1.ImageGeneration"
 # The keys of ghz's configuration file (its runner.Config and command-line options).
 GHZ_KEYS = {
@@ -150,13 +152,17 @@ class Configs(unittest.TestCase):
         self.assertEqual(method_name(stream)[1], "GenerateStream")
         self.assertTrue(any(m.get("preview_every") for m in messages(stream)))
         # The steady load carries A1111 prompt syntax and clip skip (fields 20-21; a clip skip
-        # the demo model's 2-layer text encoder takes too). Init images (17-19) stay out: they
-        # fix the request's size, and the scenarios run at each model's default size.
+        # the demo model's 2-layer text encoder takes too), img2img and inpainting (fields
+        # 17-19) on a small init image (it sets the output's size on any model).
         a1111 = [m for m in messages(steady) if m.get("prompt_syntax") == "PROMPT_SYNTAX_A1111"]
         self.assertTrue(a1111)
         self.assertTrue(all(1 < m.get("clip_skip", 0) <= 2 for m in a1111))
-        self.assertFalse(any({"init_image", "mask_image", "strength"} & set(m)
-                             for cfg in map(config, CONFIGS) for m in messages(cfg)))
+        with_init = [m for m in messages(steady) if "init_image" in m]
+        self.assertEqual(len(with_init), 2)
+        self.assertEqual(sum("mask_image" in m for m in with_init), 1)
+        self.assertTrue(all(0 < m["strength"] <= 1 for m in with_init))
+        for m in with_init:
+            self.assertEqual(dl.lib.png_size(base64.b64decode(m["init_image"])), (64, 64))
         # Only the models scenario names models: the others serve a one-model server. It asks
         # for each model by name, and for the default with `model` left out, in AUTO, FIXED and
         # OFF across them.
@@ -168,6 +174,11 @@ class Configs(unittest.TestCase):
         for name in MODEL_NAMES:
             self.assertGreater(len({m.get("pruning", {}).get("mode") for m in messages(models)
                                     if m.get("model") == name}), 1, name)
+        # and a LoRA (field 22), by the name run.sh's help gives; only there (--lora-dir).
+        self.assertEqual({lora["name"] for m in messages(models) for lora in m.get("loras", [])},
+                         {LORA_NAME})
+        self.assertFalse(any("loras" in m for path in CONFIGS if path.stem != "models"
+                             for m in messages(config(path))))
 
 
 class Live(unittest.TestCase):
@@ -180,10 +191,16 @@ class Live(unittest.TestCase):
         cls.server = dl.start_server(cls.work, overlay="gpu", LDCP_DEVICE="cpu", LDCP_DTYPE="fp32",
                                      LDCP_FP16_WEIGHTS="false", LDCP_MEMORY_BUDGET="4GiB",
                                      LDCP_REFLECTION="true", **plain)
+        # The models scenario's server: two demo models and the LoRA it names (both models
+        # have the tiny architecture: one file fits them).
+        loras = cls.work / "loras"
+        loras.mkdir(exist_ok=True)
+        dl.lib.kohya_lora(dl.lib.demo_model(cls.work), loras / f"{LORA_NAME}.safetensors", 1)
         cls.multi = dl.start_server(cls.work, overlay="gpu", name="multi", models=MODEL_NAMES,
                                     LDCP_DEVICE="cpu", LDCP_DTYPE="fp32",
                                     LDCP_FP16_WEIGHTS="false", LDCP_MEMORY_BUDGET="4GiB",
-                                    LDCP_REFLECTION="true", **plain)
+                                    LDCP_REFLECTION="true", LDCP_LORA_DIR=str(loras),
+                                    LDCP_MAX_LORAS="2", **plain)
         options = [("grpc.max_receive_message_length", 64 << 20)]
         cls.channel = grpc.insecure_channel(cls.server.target, options=options)
         cls.multi_channel = grpc.insecure_channel(cls.multi.target, options=options)
@@ -263,12 +280,19 @@ class Live(unittest.TestCase):
                     else:
                         resp = stub.Generate(req, timeout=120)
                     self.assertEqual(len(resp.images), max(1, req.num_images))
-                    self.assertEqual(dl.lib.png_size(resp.images[0].data), (size, size))
-                    # One level per U-Net evaluation (PNDM makes one more than `steps`).
-                    self.assertIn(len(resp.step_levels), (steps, steps + 1))
+                    if req.init_image:  # the init image's size; strength skips early steps
+                        self.assertEqual(dl.lib.png_size(resp.images[0].data),
+                                         dl.lib.png_size(req.init_image))
+                        self.assertTrue(1 <= len(resp.step_levels) <= steps + 1)
+                    else:
+                        self.assertEqual(dl.lib.png_size(resp.images[0].data), (size, size))
+                        # One level per U-Net evaluation (PNDM makes one more than `steps`).
+                        self.assertIn(len(resp.step_levels), (steps, steps + 1))
                     self.assertEqual(resp.request_id, req.request_id)
                     if multi:  # the model asked for, or the first for none
                         self.assertEqual(resp.model, req.model or MODEL_NAMES[0])
+                    if req.loras:  # the PNG's parameters name the LoRA (A1111's <lora:...>)
+                        self.assertIn(f"<lora:{LORA_NAME}:".encode(), resp.images[0].data)
                     if req.HasField("seed"):
                         self.assertEqual(resp.seed, req.seed)
                     self.check_levels(req, list(resp.step_levels))

@@ -177,3 +177,36 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def png_size(data):
     assert data[:8] == PNG_SIGNATURE, "not a PNG"
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def kohya_lora(model, path, seed, conv=True):
+    """A random kohya LoRA on every attention projection (and, with conv, every ResNet conv1)
+    of the model's U-Net, and on the text encoder's q_proj layers, rank 4, alpha 4."""
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for part, prefix, file in (("unet", "lora_unet_", "diffusion_pytorch_model.safetensors"),
+                               ("text_encoder", "lora_te_", "model.safetensors")):
+        with safe_open(str(model / part / file), "np") as f:
+            for key in f.keys():
+                module = key[:-len(".weight")]
+                if not key.endswith(".weight"):
+                    continue
+                shape = f.get_slice(key).get_shape()
+                wanted = (module.endswith(("to_q", "to_k", "to_v", "q_proj")) and len(shape) == 2) or \
+                    (conv and module.endswith("conv1") and len(shape) == 4)
+                if not wanted:
+                    continue
+                name = prefix + module.replace(".", "_")
+                down = (4, *shape[1:]) if len(shape) == 4 else (4, shape[1])
+                up = (shape[0], 4, 1, 1) if len(shape) == 4 else (shape[0], 4)
+                fan_in = int(np.prod(down[1:]))
+                tensors[name + ".lora_down.weight"] = (
+                    rng.standard_normal(down) / np.sqrt(fan_in)).astype(np.float32)
+                tensors[name + ".lora_up.weight"] = (rng.standard_normal(up) * 0.5).astype(np.float32)
+                tensors[name + ".alpha"] = np.array(4.0, np.float32)
+    assert tensors, "no layer found for the LoRA"
+    save_file(tensors, str(path))

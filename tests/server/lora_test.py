@@ -17,7 +17,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 from PIL import Image
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
 import ldcp_testlib as lib
@@ -33,41 +32,12 @@ CHANNEL = None
 STUB = None
 
 
-def kohya_lora(model, path, seed, conv=True):
-    """A random kohya LoRA on every attention projection (and, with conv, every ResNet conv1)
-    of the model's U-Net, and on the text encoder's q_proj layers, rank 4, alpha 4."""
-    rng = np.random.default_rng(seed)
-    tensors = {}
-    for part, prefix, file in (("unet", "lora_unet_", "diffusion_pytorch_model.safetensors"),
-                               ("text_encoder", "lora_te_", "model.safetensors")):
-        with safe_open(str(model / part / file), "np") as f:
-            for key in f.keys():
-                module = key[:-len(".weight")]
-                if not key.endswith(".weight"):
-                    continue
-                shape = f.get_slice(key).get_shape()
-                wanted = (module.endswith(("to_q", "to_k", "to_v", "q_proj")) and len(shape) == 2) or \
-                    (conv and module.endswith("conv1") and len(shape) == 4)
-                if not wanted:
-                    continue
-                name = prefix + module.replace(".", "_")
-                down = (4, *shape[1:]) if len(shape) == 4 else (4, shape[1])
-                up = (shape[0], 4, 1, 1) if len(shape) == 4 else (shape[0], 4)
-                fan_in = int(np.prod(down[1:]))
-                tensors[name + ".lora_down.weight"] = (
-                    rng.standard_normal(down) / np.sqrt(fan_in)).astype(np.float32)
-                tensors[name + ".lora_up.weight"] = (rng.standard_normal(up) * 0.5).astype(np.float32)
-                tensors[name + ".alpha"] = np.array(4.0, np.float32)
-    assert tensors, "no layer found for the LoRA"
-    save_file(tensors, str(path))
-
-
 def setUpModule():
     global MODEL, SERVER, CHANNEL, STUB
     MODEL = lib.demo_model(WORK)
     LORAS.mkdir()
-    kohya_lora(MODEL, LORAS / "style.safetensors", 1)
-    kohya_lora(MODEL, LORAS / "other.safetensors", 2, conv=False)
+    lib.kohya_lora(MODEL, LORAS / "style.safetensors", 1)
+    lib.kohya_lora(MODEL, LORAS / "other.safetensors", 2, conv=False)
     save_file({"lora_unet_conv_in.lora_down.weight": np.ones((4, 7, 3, 3), np.float32),
                "lora_unet_conv_in.lora_up.weight": np.ones((3, 4, 1, 1), np.float32)},
               str(LORAS / "misfit.safetensors"))
