@@ -110,7 +110,7 @@ class AutoLevelPolicy {
   // scheduler passes it only while AUTO is unpruned: once under pressure, the rate decides and
   // the hysteresis brings the level down.
   // `saturated` (saturated()): the lowest option above the last batch's level whose measured
-  // throughput beats that level's by saturation_step, else the fastest; neither the rate nor
+  // throughput beats that level's by kSaturationStep, else the fastest; neither the rate nor
   // engine_idle is consulted.
   // None when nothing fits.
   std::optional<Choice> choose(const std::vector<Option>& fitting, double top_allowed,
@@ -128,7 +128,7 @@ class AutoLevelPolicy {
   AutoLevelConfig config_;
   mutable std::mutex mu_;
   std::deque<std::pair<Clock::time_point, int64_t>> arrivals_;
-  // The current (or last) busy period: batches that followed each other within saturation_gap.
+  // The current (or last) busy period: batches that followed each other within gap().
   std::optional<Clock::time_point> busy_start_;
   Clock::time_point busy_end_{};
   double last_batch_seconds_ = 0;
